@@ -1,0 +1,1 @@
+//! Referee engine: bounded frame pipeline, sessions, tracker, verdicts, artifacts, feed hub

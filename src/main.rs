@@ -1,0 +1,4 @@
+//! `referee`: the daemon and command-line tools.
+fn main() {
+    println!("referee");
+}

@@ -1,0 +1,1 @@
+//! Wire protocol, postcard codec and QUIC endpoints (quinn + rustls) for the referee system
