@@ -1,1 +1,9 @@
-//! Capture agent: frame sources (video, camera, images, synthetic), pacing, QUIC streaming with resume
+//! Capture agent: frame sources (video file, camera, image folder, synthetic), encoding,
+//! pacing, and the QUIC agent that streams frames and signal logs to the daemon with resume.
+//!
+//! This crate must not depend on candle: it runs on a small box next to the camera.
+
+pub mod agent;
+pub mod encode;
+pub mod pacing;
+pub mod source;

@@ -1,1 +1,7 @@
-//! Referee engine: bounded frame pipeline, sessions, tracker, verdicts, artifacts, feed hub
+//! Referee engine: bounded frame pipeline, sessions, two-fencer tracker, verdicts, artifacts
+//! and the feed hub.
+
+pub mod artifacts;
+pub mod decode;
+pub mod rectify;
+pub mod tracker;

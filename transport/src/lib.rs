@@ -1,1 +1,2 @@
-//! Wire protocol, postcard codec and QUIC endpoints (quinn + rustls) for the referee system
+//! Wire protocol, postcard codec and QUIC endpoints (quinn + rustls) for the referee system.
+pub mod messages;

@@ -1,1 +1,1 @@
-//! Signal-log parser, phrase features and saber right-of-way decisions
+//! Signal-log parser, phrase features and saber right-of-way decisions.

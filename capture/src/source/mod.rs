@@ -1,0 +1,1 @@
+//! Frame sources (in progress).
