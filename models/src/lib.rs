@@ -14,6 +14,7 @@
 
 pub mod convert;
 pub mod decode;
+pub mod fast;
 pub mod fetch;
 pub mod image;
 pub mod net;
@@ -22,6 +23,7 @@ pub mod pickle;
 use std::path::{Path, PathBuf};
 
 pub use decode::{decode_raw, nms};
+pub use fast::FastYoloPose;
 pub use net::{Arch, YoloNet};
 
 /// Number of COCO keypoints.

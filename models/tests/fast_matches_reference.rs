@@ -83,7 +83,11 @@ fn compare_raw(got: &[f32], want: &[f32], what: &str) -> f32 {
             worst = (err, i);
         }
     }
-    println!("{what}: max |fast - reference| = {} (row {})", worst.0, worst.1 / a.max(1));
+    println!(
+        "{what}: max |fast - reference| = {} (row {})",
+        worst.0,
+        worst.1 / a.max(1)
+    );
     worst.0
 }
 
@@ -108,7 +112,12 @@ fn raw_output_matches_reference_at_several_sizes() {
 
 #[test]
 fn fast_matches_numpy_test_vector() {
-    let data = |n: &str| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("data").join(n);
+    let data = |n: &str| {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("tests")
+            .join("data")
+            .join(n)
+    };
     let input = std::fs::read(data("pose_vector_input.bin")).expect("input");
     let (h, w) = (96, 160);
     assert_eq!(input.len(), 3 * h * w);
@@ -119,7 +128,10 @@ fn fast_matches_numpy_test_vector() {
     // Same bound as the reference's own test against this vector.
     assert_eq!(got.len(), expected.len());
     for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
-        assert!((g - e).abs() <= 0.02 + 1e-3 * e.abs(), "value {i}: fast {g} vs numpy {e}");
+        assert!(
+            (g - e).abs() <= 0.02 + 1e-3 * e.abs(),
+            "value {i}: fast {g} vs numpy {e}"
+        );
     }
 }
 
@@ -148,18 +160,28 @@ fn persons_match_reference_after_decode() {
             offset_y: 0.0,
         },
     };
-    let want = reference.estimate(std::slice::from_ref(&frame)).expect("reference");
+    let want = reference
+        .estimate(std::slice::from_ref(&frame))
+        .expect("reference");
     let got = fast.estimate(std::slice::from_ref(&frame)).expect("fast");
     println!("{} persons (reference)", want[0].len());
     assert_eq!(got[0].len(), want[0].len(), "person count");
     for (g, e) in got[0].iter().zip(&want[0]) {
-        assert!((g.score - e.score).abs() < 1e-3, "score {} vs {}", g.score, e.score);
+        assert!(
+            (g.score - e.score).abs() < 1e-3,
+            "score {} vs {}",
+            g.score,
+            e.score
+        );
         // source pixels = model pixels / 0.5: allow PX_TOL in source pixels
         for (a, b) in g.bbox.iter().zip(&e.bbox) {
             assert!((a - b).abs() <= PX_TOL, "bbox {:?} vs {:?}", g.bbox, e.bbox);
         }
         for (a, b) in g.keypoints.iter().zip(&e.keypoints) {
-            assert!((a[0] - b[0]).abs() <= PX_TOL && (a[1] - b[1]).abs() <= PX_TOL, "kp {a:?} vs {b:?}");
+            assert!(
+                (a[0] - b[0]).abs() <= PX_TOL && (a[1] - b[1]).abs() <= PX_TOL,
+                "kp {a:?} vs {b:?}"
+            );
             assert!((a[2] - b[2]).abs() < 1e-3);
         }
     }

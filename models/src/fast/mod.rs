@@ -1,0 +1,152 @@
+//! Fast CPU path for YOLO11-pose: the same network and outputs as [`crate::YoloPose`], about
+//! an order of magnitude faster on a few cores.
+//!
+//! What makes it fast (each measured with `referee bench pose --profile`):
+//! - BatchNorm folded and weights packed once at load into 16-column panels;
+//! - NHWC activations in one arena reused across frames (no per-frame allocation once a size
+//!   has been seen); concats and splits are channel slices of shared buffers, never copies;
+//! - every dense conv is one GEMM (1x1 in place, k x k through an implicit, cache-blocked
+//!   im2col) on an AVX2/FMA 6x16 micro-kernel with bias + SiLU (vectorised exp) + residual
+//!   fused into the epilogue; a scalar kernel runs where AVX2 is missing;
+//! - a depthwise 3x3 kernel vectorised over channels; attention as two GEMMs and a
+//!   vectorised softmax;
+//! - rows of every heavy op split over the rayon pool (both cores).
+//!
+//! Why not a candle `CustomOp1`: a custom op must return a freshly allocated, NCHW-contiguous
+//! `CpuStorage` per call, which rules out the arena, the slice-as-concat trick and the
+//! residual epilogue writing in place; the tensors would also need an NCHW<->NHWC transpose
+//! around each op. Candle is still used to read the safetensors weights; the kernels are plain
+//! Rust called from the estimator.
+
+mod kernels;
+mod net;
+mod ops;
+
+use std::path::Path;
+use std::time::Instant;
+
+pub use kernels::PackedB;
+pub use ops::{Profile, KIND_NAMES, STAGE_NAMES};
+
+use crate::{decode_raw, ModelError, Person, PoseEstimator, PoseOptions, PreparedFrame};
+
+/// The fast YOLO11-pose estimator (see the module documentation).
+pub struct FastYoloPose {
+    net: net::FastNet,
+    opts: PoseOptions,
+    arena: ops::Arena,
+    attn: net::AttnBufs,
+    raw: Vec<f32>,
+}
+
+impl FastYoloPose {
+    /// Loads converted safetensors weights (YOLO11-pose only).
+    pub fn load(weights: &Path, opts: PoseOptions) -> Result<Self, ModelError> {
+        check_size(opts.input_width, opts.input_height)?;
+        Ok(Self {
+            net: net::FastNet::load(weights)?,
+            opts,
+            arena: ops::Arena::default(),
+            attn: net::AttnBufs::default(),
+            raw: Vec::new(),
+        })
+    }
+
+    /// Options in use.
+    pub fn options(&self) -> PoseOptions {
+        self.opts
+    }
+
+    /// Changes the input size (any positive multiple of 32); buffers grow on the next frame.
+    pub fn set_input_size(&mut self, width: usize, height: usize) -> Result<(), ModelError> {
+        check_size(width, height)?;
+        self.opts.input_width = width;
+        self.opts.input_height = height;
+        Ok(())
+    }
+
+    /// The pre-NMS output `(56, A)`, channel-major, exactly like
+    /// [`crate::YoloNet::forward_raw`] (within float rounding), for one CHW image.
+    pub fn forward_raw(
+        &mut self,
+        chw: &[f32],
+        width: usize,
+        height: usize,
+    ) -> Result<&[f32], ModelError> {
+        self.run(chw, width, height, None)?;
+        Ok(&self.raw)
+    }
+
+    /// Profile (time per op kind and stage, FLOPs) of the last forward.
+    pub fn last_profile(&self) -> Profile {
+        self.arena.prof
+    }
+
+    /// Floats held by the activation arena (grows to the largest size seen).
+    pub fn arena_floats(&self) -> usize {
+        self.arena.capacity()
+    }
+
+    fn run(
+        &mut self,
+        chw: &[f32],
+        width: usize,
+        height: usize,
+        min_logit: Option<f32>,
+    ) -> Result<(), ModelError> {
+        check_size(width, height)?;
+        if chw.len() != 3 * width * height {
+            return Err(ModelError::Input(format!(
+                "input has {} values, expected 3x{height}x{width}",
+                chw.len()
+            )));
+        }
+        let t0 = Instant::now();
+        self.arena.reset();
+        let outs = self
+            .net
+            .features(&mut self.arena, &mut self.attn, chw, width, height)?;
+        net::decode_timed(&mut self.arena, &outs, min_logit, &mut self.raw);
+        self.arena.prof.total_s = t0.elapsed().as_secs_f64();
+        Ok(())
+    }
+}
+
+fn check_size(w: usize, h: usize) -> Result<(), ModelError> {
+    if w == 0 || h == 0 || w % 32 != 0 || h % 32 != 0 {
+        return Err(ModelError::Input(format!(
+            "input size {w}x{h} must be positive multiples of 32"
+        )));
+    }
+    Ok(())
+}
+
+impl PoseEstimator for FastYoloPose {
+    fn input_size(&self) -> (usize, usize) {
+        (self.opts.input_width, self.opts.input_height)
+    }
+
+    fn estimate(&mut self, batch: &[PreparedFrame]) -> Result<Vec<Vec<Person>>, ModelError> {
+        let mut out = Vec::with_capacity(batch.len());
+        let thr = self.opts.conf_threshold;
+        // score > thr  <=>  logit > ln(thr / (1 - thr)); skip the box/keypoint decode of the rest.
+        let min_logit = (thr > 0.0 && thr < 1.0).then(|| (thr / (1.0 - thr)).ln() - 1e-3);
+        for f in batch {
+            self.run(&f.chw, f.width, f.height, min_logit)?;
+            let a = self.raw.len() / crate::decode::RAW_ROWS;
+            let mut persons = decode_raw(&self.raw, a, thr, self.opts.iou_threshold);
+            for p in &mut persons {
+                let (x1, y1) = f.letterbox.to_source(p.bbox[0], p.bbox[1]);
+                let (x2, y2) = f.letterbox.to_source(p.bbox[2], p.bbox[3]);
+                p.bbox = [x1, y1, x2, y2];
+                for k in p.keypoints.iter_mut() {
+                    let (x, y) = f.letterbox.to_source(k[0], k[1]);
+                    k[0] = x;
+                    k[1] = y;
+                }
+            }
+            out.push(persons);
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,723 @@
+//! YOLO11-pose on the fast kernels: weights folded and packed at load, the graph written out
+//! with every concat and split as channel slices of shared buffers (no copies), the head's box
+//! and keypoint 3x3 convs on the same input merged into one GEMM.
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+
+use super::ops::{Arena, ConvW, DwW, Kind, View};
+use super::PackedB;
+use crate::decode::RAW_ROWS;
+use crate::{ModelError, NUM_KEYPOINTS};
+
+const BN_EPS: f32 = 1e-3;
+const REG_MAX: usize = 16;
+/// Channels of a head output pixel: box 64 | keypoints 51 | class 1.
+const HEAD_C: usize = 4 * REG_MAX + 3 * NUM_KEYPOINTS + 1;
+
+/// Named f32 tensors of the checkpoint.
+struct Ws<'a> {
+    map: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    path: &'a Path,
+}
+
+impl Ws<'_> {
+    fn invalid(&self, reason: String) -> ModelError {
+        ModelError::WeightsInvalid {
+            path: self.path.to_path_buf(),
+            reason,
+        }
+    }
+
+    fn get(&self, name: &str) -> Result<&(Vec<usize>, Vec<f32>), ModelError> {
+        self.map
+            .get(name)
+            .ok_or_else(|| self.invalid(format!("tensor {name} is missing")))
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.map.contains_key(name)
+    }
+
+    fn count(&self, prefix: &str, suffix: &str) -> usize {
+        (0..)
+            .take_while(|j| self.has(&format!("{prefix}{j}{suffix}")))
+            .count()
+    }
+
+    /// `p.conv.weight` with `p.bn.*` folded: (OIHW weights, dims, bias).
+    fn folded(&self, p: &str) -> Result<(Vec<f32>, [usize; 4], Vec<f32>), ModelError> {
+        let (dims, w) = self.get(&format!("{p}.conv.weight"))?;
+        let d = self.dims4(p, dims)?;
+        let co = d[0];
+        let (g, b) = (self.bn(p, "weight", co)?, self.bn(p, "bias", co)?);
+        let (m, var) = (
+            self.bn(p, "running_mean", co)?,
+            self.bn(p, "running_var", co)?,
+        );
+        let per = w.len() / co.max(1);
+        let mut wf = w.clone();
+        let mut bias = vec![0f32; co];
+        for o in 0..co {
+            let s = g[o] / (var[o] + BN_EPS).sqrt();
+            for v in &mut wf[o * per..(o + 1) * per] {
+                *v *= s;
+            }
+            bias[o] = b[o] - m[o] * s;
+        }
+        Ok((wf, d, bias))
+    }
+
+    fn bn(&self, p: &str, n: &str, co: usize) -> Result<&[f32], ModelError> {
+        let (dd, v) = self.get(&format!("{p}.bn.{n}"))?;
+        if dd.as_slice() != [co] {
+            return Err(self.invalid(format!("{p}.bn.{n}: shape {dd:?}, expected [{co}]")));
+        }
+        Ok(v)
+    }
+
+    /// `p.weight` + `p.bias` (plain conv).
+    fn plain(&self, p: &str) -> Result<(Vec<f32>, [usize; 4], Vec<f32>), ModelError> {
+        let (dims, w) = self.get(&format!("{p}.weight"))?;
+        let d = self.dims4(p, dims)?;
+        let (bd, b) = self.get(&format!("{p}.bias"))?;
+        if bd.as_slice() != [d[0]] {
+            return Err(self.invalid(format!("{p}.bias: shape {bd:?}")));
+        }
+        Ok((w.clone(), d, b.clone()))
+    }
+
+    fn dims4(&self, p: &str, dims: &[usize]) -> Result<[usize; 4], ModelError> {
+        match dims {
+            [a, b, c, d] if c == d && *c % 2 == 1 => Ok([*a, *b, *c, *d]),
+            _ => Err(self.invalid(format!(
+                "{p}: weight shape {dims:?} is not a square odd kernel"
+            ))),
+        }
+    }
+
+    fn conv(&self, p: &str, stride: usize, act: bool) -> Result<ConvW, ModelError> {
+        let (w, d, b) = self.folded(p)?;
+        Ok(ConvW::new(&w, d[0], d[1], d[2], &b, stride, act))
+    }
+
+    fn plain_conv(&self, p: &str) -> Result<ConvW, ModelError> {
+        let (w, d, b) = self.plain(p)?;
+        Ok(ConvW::new(&w, d[0], d[1], d[2], &b, 1, false))
+    }
+
+    fn dw(&self, p: &str, act: bool) -> Result<DwW, ModelError> {
+        let (w, d, b) = self.folded(p)?;
+        if d[1] != 1 || d[2] != 3 {
+            return Err(self.invalid(format!("{p}: expected a depthwise 3x3, got {d:?}")));
+        }
+        Ok(DwW::new(&w, d[0], &b, act))
+    }
+
+    /// Several folded convs on the same input stacked along the output channels.
+    fn merged(&self, ps: &[&str], act: bool) -> Result<ConvW, ModelError> {
+        let mut w = Vec::new();
+        let mut b = Vec::new();
+        let mut dims: Option<[usize; 4]> = None;
+        let mut co = 0;
+        for p in ps {
+            let (wi, d, bi) = self.folded(p)?;
+            if let Some(d0) = dims {
+                if d0[1..] != d[1..] {
+                    return Err(self.invalid(format!("{p}: shape {d:?} cannot merge with {d0:?}")));
+                }
+            }
+            dims = Some(d);
+            co += d[0];
+            w.extend(wi);
+            b.extend(bi);
+        }
+        let d = dims.ok_or_else(|| self.invalid("empty merge".into()))?;
+        Ok(ConvW::new(&w, co, d[1], d[2], &b, 1, act))
+    }
+}
+
+struct Bottleneck {
+    cv1: ConvW,
+    cv2: ConvW,
+    add: bool,
+}
+
+impl Bottleneck {
+    fn load(ws: &Ws, p: &str) -> Result<Self, ModelError> {
+        let cv1 = ws.conv(&format!("{p}.cv1"), 1, true)?;
+        let cv2 = ws.conv(&format!("{p}.cv2"), 1, true)?;
+        let add = cv1.ci == cv2.co;
+        if cv2.ci != cv1.co {
+            return Err(ws.invalid(format!("{p}: cv1 {} -> cv2 {} channels", cv1.co, cv2.ci)));
+        }
+        Ok(Self { cv1, cv2, add })
+    }
+
+    fn forward(&self, ar: &mut Arena, x: View, out: View) -> Result<(), ModelError> {
+        let t = ar.alloc(x.h, x.w, self.cv1.co);
+        ar.conv(&self.cv1, x, t, None)?;
+        ar.conv(&self.cv2, t, out, self.add.then_some(x))
+    }
+}
+
+/// A chain of bottlenecks from `x` into `out` (which may be a slice of a concat).
+fn chain(ar: &mut Arena, m: &[Bottleneck], x: View, out: View) -> Result<(), ModelError> {
+    let mut cur = x;
+    for (j, b) in m.iter().enumerate() {
+        let dst = if j + 1 == m.len() {
+            out
+        } else {
+            ar.alloc(x.h, x.w, b.cv2.co)
+        };
+        b.forward(ar, cur, dst)?;
+        cur = dst;
+    }
+    Ok(())
+}
+
+struct C3k {
+    cv1: ConvW,
+    cv2: ConvW,
+    cv3: ConvW,
+    m: Vec<Bottleneck>,
+}
+
+impl C3k {
+    fn forward(&self, ar: &mut Arena, x: View, out: View) -> Result<(), ModelError> {
+        let (c1, c2) = (self.cv1.co, self.cv2.co);
+        let cat = ar.alloc(x.h, x.w, c1 + c2);
+        if self.m.is_empty() {
+            ar.conv(&self.cv1, x, cat.ch(0, c1), None)?;
+        } else {
+            let a = ar.alloc(x.h, x.w, c1);
+            ar.conv(&self.cv1, x, a, None)?;
+            chain(ar, &self.m, a, cat.ch(0, c1))?;
+        }
+        ar.conv(&self.cv2, x, cat.ch(c1, c2), None)?;
+        ar.conv(&self.cv3, cat, out, None)
+    }
+}
+
+enum Inner {
+    Bottleneck(Bottleneck),
+    C3k(C3k),
+}
+
+/// C3k2 (and C2f): cv1, split, inner blocks appended, cv2 over the concat.
+struct C3k2 {
+    cv1: ConvW,
+    cv2: ConvW,
+    m: Vec<Inner>,
+}
+
+impl C3k2 {
+    fn load(ws: &Ws, p: &str) -> Result<Self, ModelError> {
+        let n = ws.count(&format!("{p}.m."), ".cv1.conv.weight");
+        let mut m = Vec::with_capacity(n);
+        for j in 0..n {
+            let q = format!("{p}.m.{j}");
+            if ws.has(&format!("{q}.cv3.conv.weight")) {
+                let nb = ws.count(&format!("{q}.m."), ".cv1.conv.weight");
+                m.push(Inner::C3k(C3k {
+                    cv1: ws.conv(&format!("{q}.cv1"), 1, true)?,
+                    cv2: ws.conv(&format!("{q}.cv2"), 1, true)?,
+                    cv3: ws.conv(&format!("{q}.cv3"), 1, true)?,
+                    m: (0..nb)
+                        .map(|i| Bottleneck::load(ws, &format!("{q}.m.{i}")))
+                        .collect::<Result<_, _>>()?,
+                }));
+            } else {
+                m.push(Inner::Bottleneck(Bottleneck::load(ws, &q)?));
+            }
+        }
+        let s = Self {
+            cv1: ws.conv(&format!("{p}.cv1"), 1, true)?,
+            cv2: ws.conv(&format!("{p}.cv2"), 1, true)?,
+            m,
+        };
+        let c = s.cv1.co / 2;
+        if s.cv2.ci != c * (2 + s.m.len()) {
+            return Err(ws.invalid(format!(
+                "{p}: cv2 takes {} channels, expected {}",
+                s.cv2.ci,
+                c * (2 + s.m.len())
+            )));
+        }
+        Ok(s)
+    }
+
+    fn forward(&self, ar: &mut Arena, x: View, out: View) -> Result<(), ModelError> {
+        let c = self.cv1.co / 2;
+        let cat = ar.alloc(x.h, x.w, c * (2 + self.m.len()));
+        ar.conv(&self.cv1, x, cat.ch(0, 2 * c), None)?;
+        for (j, inner) in self.m.iter().enumerate() {
+            let src = cat.ch((1 + j) * c, c);
+            let dst = cat.ch((2 + j) * c, c);
+            match inner {
+                Inner::Bottleneck(b) => b.forward(ar, src, dst)?,
+                Inner::C3k(b) => b.forward(ar, src, dst)?,
+            }
+        }
+        ar.conv(&self.cv2, cat, out, None)
+    }
+}
+
+struct Sppf {
+    cv1: ConvW,
+    cv2: ConvW,
+}
+
+impl Sppf {
+    fn forward(&self, ar: &mut Arena, x: View, out: View) -> Result<(), ModelError> {
+        let c = self.cv1.co;
+        let cat = ar.alloc(x.h, x.w, 4 * c);
+        ar.conv(&self.cv1, x, cat.ch(0, c), None)?;
+        for i in 0..3 {
+            ar.maxpool5(cat.ch(i * c, c), cat.ch((i + 1) * c, c))?;
+        }
+        ar.conv(&self.cv2, cat, out, None)
+    }
+}
+
+struct Psa {
+    qkv: ConvW,
+    proj: ConvW,
+    pe: DwW,
+    ffn0: ConvW,
+    ffn1: ConvW,
+    heads: usize,
+    key_dim: usize,
+    head_dim: usize,
+}
+
+struct C2psa {
+    cv1: ConvW,
+    cv2: ConvW,
+    m: Vec<Psa>,
+}
+
+impl C2psa {
+    fn load(ws: &Ws, p: &str) -> Result<Self, ModelError> {
+        let cv1 = ws.conv(&format!("{p}.cv1"), 1, true)?;
+        let c = cv1.co / 2;
+        let heads = (c / 64).max(1);
+        let head_dim = c / heads;
+        let n = ws.count(&format!("{p}.m."), ".attn.qkv.conv.weight");
+        let mut m = Vec::with_capacity(n);
+        for j in 0..n {
+            let q = format!("{p}.m.{j}");
+            let qkv = ws.conv(&format!("{q}.attn.qkv"), 1, false)?;
+            let key_dim = qkv.co.saturating_sub(c) / (2 * heads);
+            if key_dim == 0 || c + 2 * key_dim * heads != qkv.co || head_dim * heads != c {
+                return Err(ws.invalid(format!(
+                    "{q}.attn.qkv: {} channels do not fit {c} with {heads} heads",
+                    qkv.co
+                )));
+            }
+            let pe = ws.dw(&format!("{q}.attn.pe"), false)?;
+            if pe.c != c {
+                return Err(ws.invalid(format!("{q}.attn.pe: {} channels, expected {c}", pe.c)));
+            }
+            m.push(Psa {
+                qkv,
+                proj: ws.conv(&format!("{q}.attn.proj"), 1, false)?,
+                pe,
+                ffn0: ws.conv(&format!("{q}.ffn.0"), 1, true)?,
+                ffn1: ws.conv(&format!("{q}.ffn.1"), 1, false)?,
+                heads,
+                key_dim,
+                head_dim,
+            });
+        }
+        Ok(Self {
+            cv1,
+            cv2: ws.conv(&format!("{p}.cv2"), 1, true)?,
+            m,
+        })
+    }
+
+    fn forward(
+        &self,
+        ar: &mut Arena,
+        bufs: &mut AttnBufs,
+        x: View,
+        out: View,
+    ) -> Result<(), ModelError> {
+        let c = self.cv1.co / 2;
+        let cat = ar.alloc(x.h, x.w, 2 * c);
+        ar.conv(&self.cv1, x, cat, None)?;
+        let b = cat.ch(c, c);
+        for blk in &self.m {
+            attention(ar, bufs, blk, b)?;
+            let t = ar.alloc(x.h, x.w, blk.ffn0.co);
+            ar.conv(&blk.ffn0, b, t, None)?;
+            ar.conv(&blk.ffn1, t, b, Some(b))?;
+        }
+        ar.conv(&self.cv2, cat, out, None)
+    }
+}
+
+/// Runtime-packed K^T and V of the attention (reused across frames).
+#[derive(Default)]
+pub struct AttnBufs {
+    k: PackedB,
+    v: PackedB,
+}
+
+/// `b += proj(attn(b) + pe(v))`, in place.
+fn attention(ar: &mut Arena, bufs: &mut AttnBufs, a: &Psa, b: View) -> Result<(), ModelError> {
+    let (h, w, n) = (b.h, b.w, b.pixels());
+    let per = 2 * a.key_dim + a.head_dim;
+    let qkv = ar.alloc(h, w, a.qkv.co);
+    ar.conv(&a.qkv, b, qkv, None)?;
+    let x = ar.alloc(h, w, a.heads * a.head_dim);
+    // pe(v) first; each head's P.V is then accumulated on top through the residual.
+    for hd in 0..a.heads {
+        let v = qkv.ch(hd * per + 2 * a.key_dim, a.head_dim);
+        ar.dw(&a.pe, hd * a.head_dim, v, x.ch(hd * a.head_dim, a.head_dim))?;
+    }
+    let s = ar.alloc(n, 1, n);
+    let scale = (a.key_dim as f32).powf(-0.5);
+    for hd in 0..a.heads {
+        let q = qkv.ch(hd * per, a.key_dim);
+        let k = qkv.ch(hd * per + a.key_dim, a.key_dim);
+        let v = qkv.ch(hd * per + 2 * a.key_dim, a.head_dim);
+        ar.pack(k, true, scale, &mut bufs.k)?;
+        let q = View { h: n, w: 1, ..q };
+        ar.matmul(q, &bufs.k, s, None)?;
+        ar.softmax(s)?;
+        ar.pack(v, false, 1.0, &mut bufs.v)?;
+        let xo = x.ch(hd * a.head_dim, a.head_dim);
+        let xo = View { h: n, w: 1, ..xo };
+        ar.matmul(s, &bufs.v, xo, Some(xo))?;
+    }
+    ar.conv(&a.proj, x, b, Some(b))
+}
+
+/// One level of the pose head.
+struct HeadLevel {
+    /// cv2.i.0 (box) and cv4.i.0 (keypoints) merged: ch -> 64 + 51.
+    first: ConvW,
+    box1: ConvW,
+    kpt1: ConvW,
+    box2: ConvW,
+    kpt2: ConvW,
+    cls_dw0: DwW,
+    cls_pw0: ConvW,
+    cls_dw1: DwW,
+    cls_pw1: ConvW,
+    cls_out: ConvW,
+}
+
+impl HeadLevel {
+    fn load(ws: &Ws, p: &str, i: usize) -> Result<Self, ModelError> {
+        let s = Self {
+            first: ws.merged(
+                &[&format!("{p}.cv2.{i}.0"), &format!("{p}.cv4.{i}.0")],
+                true,
+            )?,
+            box1: ws.conv(&format!("{p}.cv2.{i}.1"), 1, true)?,
+            kpt1: ws.conv(&format!("{p}.cv4.{i}.1"), 1, true)?,
+            box2: ws.plain_conv(&format!("{p}.cv2.{i}.2"))?,
+            kpt2: ws.plain_conv(&format!("{p}.cv4.{i}.2"))?,
+            cls_dw0: ws.dw(&format!("{p}.cv3.{i}.0.0"), true)?,
+            cls_pw0: ws.conv(&format!("{p}.cv3.{i}.0.1"), 1, true)?,
+            cls_dw1: ws.dw(&format!("{p}.cv3.{i}.1.0"), true)?,
+            cls_pw1: ws.conv(&format!("{p}.cv3.{i}.1.1"), 1, true)?,
+            cls_out: ws.plain_conv(&format!("{p}.cv3.{i}.2"))?,
+        };
+        if s.box2.co != 4 * REG_MAX || s.kpt2.co != 3 * NUM_KEYPOINTS || s.cls_out.co != 1 {
+            return Err(ws.invalid(format!(
+                "{p} level {i}: outputs {} / {} / {}, expected 64 / 51 / 1 (one class)",
+                s.box2.co, s.kpt2.co, s.cls_out.co
+            )));
+        }
+        if s.box1.ci + s.kpt1.ci != s.first.co {
+            return Err(ws.invalid(format!("{p} level {i}: branch widths do not match")));
+        }
+        Ok(s)
+    }
+
+    /// Writes `[box 64 | kpt 51 | cls 1]` per pixel of `f` into `out`.
+    fn forward(&self, ar: &mut Arena, f: View, out: View) -> Result<(), ModelError> {
+        let (h, w) = (f.h, f.w);
+        let (cb, ck) = (self.box1.ci, self.kpt1.ci);
+        let t1 = ar.alloc(h, w, cb + ck);
+        ar.conv(&self.first, f, t1, None)?;
+        let t2 = ar.alloc(h, w, self.box1.co + self.kpt1.co);
+        ar.conv(&self.box1, t1.ch(0, cb), t2.ch(0, self.box1.co), None)?;
+        ar.conv(
+            &self.kpt1,
+            t1.ch(cb, ck),
+            t2.ch(self.box1.co, self.kpt1.co),
+            None,
+        )?;
+        ar.conv(
+            &self.box2,
+            t2.ch(0, self.box1.co),
+            out.ch(0, 4 * REG_MAX),
+            None,
+        )?;
+        let kin = t2.ch(self.box1.co, self.kpt1.co);
+        ar.conv(
+            &self.kpt2,
+            kin,
+            out.ch(4 * REG_MAX, 3 * NUM_KEYPOINTS),
+            None,
+        )?;
+        let c0 = ar.alloc(h, w, self.cls_dw0.c);
+        ar.dw(&self.cls_dw0, 0, f, c0)?;
+        let c1 = ar.alloc(h, w, self.cls_pw0.co);
+        ar.conv(&self.cls_pw0, c0, c1, None)?;
+        let c2 = ar.alloc(h, w, self.cls_dw1.c);
+        ar.dw(&self.cls_dw1, 0, c1, c2)?;
+        let c3 = ar.alloc(h, w, self.cls_pw1.co);
+        ar.conv(&self.cls_pw1, c2, c3, None)?;
+        ar.conv(&self.cls_out, c3, out.ch(HEAD_C - 1, 1), None)
+    }
+}
+
+/// The YOLO11-pose network for the fast path.
+pub struct FastNet {
+    convs: HashMap<usize, ConvW>,
+    c3k2: HashMap<usize, C3k2>,
+    sppf: Sppf,
+    c2psa: C2psa,
+    head: Vec<HeadLevel>,
+}
+
+/// Loads a safetensors file into f32 vectors (same checks as the reference loader).
+fn read_weights(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, ModelError> {
+    if !path.exists() {
+        return Err(ModelError::WeightsMissing(path.to_path_buf()));
+    }
+    if crate::fetch::sidecar_path(path).exists() {
+        crate::fetch::verify_converted(path).map_err(|e| ModelError::WeightsInvalid {
+            path: path.to_path_buf(),
+            reason: match e {
+                crate::fetch::FetchError::Invalid { reason, .. } => reason,
+                other => other.to_string(),
+            },
+        })?;
+    }
+    let raw = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+        ModelError::WeightsInvalid {
+            path: path.to_path_buf(),
+            reason: format!("not a readable safetensors file (truncated?): {e}"),
+        }
+    })?;
+    let mut map = HashMap::with_capacity(raw.len());
+    for (k, v) in raw {
+        if !v.dtype().is_float() {
+            continue;
+        }
+        let dims = v.dims().to_vec();
+        let data = tensor_f32(&v)?;
+        map.insert(k, (dims, data));
+    }
+    Ok(map)
+}
+
+fn tensor_f32(t: &Tensor) -> Result<Vec<f32>, ModelError> {
+    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
+}
+
+impl FastNet {
+    /// Loads YOLO11-pose weights (YOLOv8 checkpoints are rejected: use the reference path).
+    pub fn load(path: &Path) -> Result<Self, ModelError> {
+        let map = read_weights(path)?;
+        let ws = Ws { map, path };
+        if !(ws.has("model.23.cv4.0.0.conv.weight") && ws.has("model.10.m.0.attn.qkv.conv.weight"))
+        {
+            return Err(ws.invalid(
+                "the fast path supports YOLO11-pose only (no C2PSA at model.10 / pose head at model.23)".into(),
+            ));
+        }
+        let mut convs = HashMap::new();
+        for i in [0, 1, 3, 5, 7, 17, 20] {
+            convs.insert(i, ws.conv(&format!("model.{i}"), 2, true)?);
+        }
+        let mut c3k2 = HashMap::new();
+        for i in [2, 4, 6, 8, 13, 16, 19, 22] {
+            c3k2.insert(i, C3k2::load(&ws, &format!("model.{i}"))?);
+        }
+        let sppf = Sppf {
+            cv1: ws.conv("model.9.cv1", 1, true)?,
+            cv2: ws.conv("model.9.cv2", 1, true)?,
+        };
+        let c2psa = C2psa::load(&ws, "model.10")?;
+        let head = (0..3)
+            .map(|i| HeadLevel::load(&ws, "model.23", i))
+            .collect::<Result<Vec<_>, _>>()?;
+        if convs[&0].ci != 3 {
+            return Err(ws.invalid(format!(
+                "model.0 takes {} channels, expected RGB",
+                convs[&0].ci
+            )));
+        }
+        Ok(Self {
+            convs,
+            c3k2,
+            sppf,
+            c2psa,
+            head,
+        })
+    }
+
+    fn conv(&self, i: usize) -> Result<&ConvW, ModelError> {
+        self.convs
+            .get(&i)
+            .ok_or_else(|| ModelError::Input(format!("fast path: layer {i} missing")))
+    }
+
+    fn c3k2(&self, i: usize) -> Result<&C3k2, ModelError> {
+        self.c3k2
+            .get(&i)
+            .ok_or_else(|| ModelError::Input(format!("fast path: layer {i} missing")))
+    }
+
+    /// Output channels of a layer (conv or C3k2).
+    fn co(&self, i: usize) -> Result<usize, ModelError> {
+        match self.convs.get(&i) {
+            Some(c) => Ok(c.co),
+            None => Ok(self.c3k2(i)?.cv2.co),
+        }
+    }
+
+    /// Backbone + neck + head into `ar`; returns the three head outputs (`HEAD_C` channels per
+    /// pixel, strides 8, 16, 32).
+    pub fn features(
+        &self,
+        ar: &mut Arena,
+        bufs: &mut AttnBufs,
+        chw: &[f32],
+        width: usize,
+        height: usize,
+    ) -> Result<[View; 3], ModelError> {
+        let (h2, w2) = (height / 2, width / 2);
+        let (h4, w4) = (height / 4, width / 4);
+        let (h8, w8) = (height / 8, width / 8);
+        let (h16, w16) = (height / 16, width / 16);
+        let (h32, w32) = (height / 32, width / 32);
+        ar.stage = 0;
+        let x = ar.alloc(height, width, 3);
+        ar.load_chw(chw, x)?;
+        let x0 = ar.alloc(h2, w2, self.co(0)?);
+        ar.conv(self.conv(0)?, x, x0, None)?;
+        let x1 = ar.alloc(h4, w4, self.co(1)?);
+        ar.conv(self.conv(1)?, x0, x1, None)?;
+        let x2 = ar.alloc(h4, w4, self.co(2)?);
+        self.c3k2(2)?.forward(ar, x1, x2)?;
+        let x3 = ar.alloc(h8, w8, self.co(3)?);
+        ar.conv(self.conv(3)?, x2, x3, None)?;
+        // concat of layer 15 = [up(p13) | p4]: layer 4 writes straight into it
+        let (c13, c4) = (self.co(13)?, self.co(4)?);
+        let cat15 = ar.alloc(h8, w8, c13 + c4);
+        let p4 = cat15.ch(c13, c4);
+        self.c3k2(4)?.forward(ar, x3, p4)?;
+        let x5 = ar.alloc(h16, w16, self.co(5)?);
+        ar.conv(self.conv(5)?, p4, x5, None)?;
+        // concat of layer 12 = [up(p10) | p6]
+        let (c10, c6) = (self.c2psa.cv2.co, self.co(6)?);
+        let cat12 = ar.alloc(h16, w16, c10 + c6);
+        let p6 = cat12.ch(c10, c6);
+        self.c3k2(6)?.forward(ar, x5, p6)?;
+        let x7 = ar.alloc(h32, w32, self.co(7)?);
+        ar.conv(self.conv(7)?, p6, x7, None)?;
+        let x8 = ar.alloc(h32, w32, self.co(8)?);
+        self.c3k2(8)?.forward(ar, x7, x8)?;
+        let x9 = ar.alloc(h32, w32, self.sppf.cv2.co);
+        self.sppf.forward(ar, x8, x9)?;
+        // concat of layer 21 = [p20 | p10]
+        let c20 = self.co(20)?;
+        let cat21 = ar.alloc(h32, w32, c20 + c10);
+        let p10 = cat21.ch(c20, c10);
+        self.c2psa.forward(ar, bufs, x9, p10)?;
+        ar.stage = 1;
+        ar.upsample2(p10, cat12.ch(0, c10))?;
+        // concat of layer 18 = [p17 | p13]
+        let c17 = self.co(17)?;
+        let cat18 = ar.alloc(h16, w16, c17 + c13);
+        let p13 = cat18.ch(c17, c13);
+        self.c3k2(13)?.forward(ar, cat12, p13)?;
+        ar.upsample2(p13, cat15.ch(0, c13))?;
+        let p16 = ar.alloc(h8, w8, self.co(16)?);
+        self.c3k2(16)?.forward(ar, cat15, p16)?;
+        ar.conv(self.conv(17)?, p16, cat18.ch(0, c17), None)?;
+        let p19 = ar.alloc(h16, w16, self.co(19)?);
+        self.c3k2(19)?.forward(ar, cat18, p19)?;
+        ar.conv(self.conv(20)?, p19, cat21.ch(0, c20), None)?;
+        let p22 = ar.alloc(h32, w32, self.co(22)?);
+        self.c3k2(22)?.forward(ar, cat21, p22)?;
+        ar.stage = 2;
+        let mut outs = [p16; 3];
+        for (i, f) in [p16, p19, p22].into_iter().enumerate() {
+            let o = ar.alloc(f.h, f.w, HEAD_C);
+            self.head[i].forward(ar, f, o)?;
+            outs[i] = o;
+        }
+        Ok(outs)
+    }
+}
+
+/// Decodes the head outputs into the reference `(56, A)` channel-major layout. With
+/// `min_logit`, anchors whose class logit is at or below it only get their score row (the
+/// other rows stay 0): exact for any later `score > sigmoid(min_logit)` filter.
+pub fn decode(ar: &Arena, outs: &[View; 3], min_logit: Option<f32>, raw: &mut Vec<f32>) {
+    let a: usize = outs.iter().map(|o| o.pixels()).sum();
+    raw.clear();
+    raw.resize(RAW_ROWS * a, 0.0);
+    let d = ar.data();
+    let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
+    let mut base = 0;
+    let mut e = [0f32; REG_MAX];
+    for (li, o) in outs.iter().enumerate() {
+        let s = (8usize << li) as f32;
+        for row in 0..o.h {
+            for col in 0..o.w {
+                let j = row * o.w + col;
+                let idx = base + j;
+                let px = &d[o.off + j * o.ld..o.off + j * o.ld + HEAD_C];
+                let logit = px[HEAD_C - 1];
+                raw[4 * a + idx] = sigmoid(logit);
+                if min_logit.is_some_and(|m| logit <= m) {
+                    continue;
+                }
+                let (ax, ay) = (col as f32 + 0.5, row as f32 + 0.5);
+                let mut dist = [0f32; 4];
+                for (side, dv) in dist.iter_mut().enumerate() {
+                    let bins = &px[side * REG_MAX..(side + 1) * REG_MAX];
+                    let m = bins.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                    let mut sum = 0.0;
+                    let mut wsum = 0.0;
+                    for (k, (ev, &b)) in e.iter_mut().zip(bins).enumerate() {
+                        *ev = (b - m).exp();
+                        sum += *ev;
+                        wsum += k as f32 * *ev;
+                    }
+                    *dv = wsum / sum;
+                }
+                let (x1, y1, x2, y2) = (ax - dist[0], ay - dist[1], ax + dist[2], ay + dist[3]);
+                raw[idx] = (x1 + x2) / 2.0 * s;
+                raw[a + idx] = (y1 + y2) / 2.0 * s;
+                raw[2 * a + idx] = (x2 - x1) * s;
+                raw[3 * a + idx] = (y2 - y1) * s;
+                let kp = &px[4 * REG_MAX..4 * REG_MAX + 3 * NUM_KEYPOINTS];
+                for k in 0..NUM_KEYPOINTS {
+                    raw[(5 + 3 * k) * a + idx] = (kp[3 * k] * 2.0 + (ax - 0.5)) * s;
+                    raw[(6 + 3 * k) * a + idx] = (kp[3 * k + 1] * 2.0 + (ay - 0.5)) * s;
+                    raw[(7 + 3 * k) * a + idx] = sigmoid(kp[3 * k + 2]);
+                }
+            }
+        }
+        base += o.pixels();
+    }
+}
+
+/// Records the decode time in the arena's profile.
+pub fn decode_timed(ar: &mut Arena, outs: &[View; 3], min_logit: Option<f32>, raw: &mut Vec<f32>) {
+    ar.timed(Kind::Other, |ar| decode(ar, outs, min_logit, raw));
+}

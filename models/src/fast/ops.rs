@@ -1,0 +1,610 @@
+//! Safe operations over one activation arena: every tensor is an NHWC view (offset, height,
+//! width, pixel stride, channels) into a single `Vec<f32>` that is allocated on the first frame
+//! of a given size and reused afterwards (no per-frame allocation in steady state).
+//!
+//! Each op checks its views against the arena bounds and that what it writes does not overlap
+//! what it reads (a residual may be exactly the output) before calling the raw kernels.
+
+use std::time::Instant;
+
+use super::kernels::{self, ASrc, Epilogue, Im2col, PackedB};
+use crate::ModelError;
+
+/// An NHWC view into the arena: element (y, x, ch) is at `off + (y*w + x)*ld + ch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct View {
+    /// Offset of (0, 0, 0).
+    pub off: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+    /// Pixel stride (>= `c`).
+    pub ld: usize,
+    /// Channels.
+    pub c: usize,
+}
+
+impl View {
+    /// Channels `c0 .. c0+n` of this view.
+    pub fn ch(&self, c0: usize, n: usize) -> View {
+        View {
+            off: self.off + c0,
+            c: n,
+            ..*self
+        }
+    }
+
+    /// Pixels.
+    pub fn pixels(&self) -> usize {
+        self.h * self.w
+    }
+
+    /// One past the last element touched.
+    fn end(&self) -> usize {
+        if self.pixels() == 0 || self.c == 0 {
+            self.off
+        } else {
+            self.off + (self.pixels() - 1) * self.ld + self.c
+        }
+    }
+
+    /// Whether no element of `self` is an element of `o`.
+    fn disjoint(&self, o: &View) -> bool {
+        if self.end() <= o.off || o.end() <= self.off {
+            return true;
+        }
+        // Same pixel stride: with the later view starting r = (distance mod ld) columns after
+        // the earlier one's grid, it must sit in the gap [c_first, ld) of every row.
+        if self.ld == o.ld && self.ld > 0 {
+            let (first, second) = if self.off <= o.off {
+                (self, o)
+            } else {
+                (o, self)
+            };
+            let r = (second.off - first.off) % self.ld;
+            return first.c <= r && r + second.c <= self.ld;
+        }
+        false
+    }
+}
+
+/// Op categories of the profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 1x1 convolutions.
+    Conv1x1 = 0,
+    /// k x k (k > 1) dense convolutions.
+    Conv3x3 = 1,
+    /// Depthwise 3x3.
+    Depthwise = 2,
+    /// Attention core (QK^T, softmax, PV, packing).
+    Attention = 3,
+    /// Everything else (input layout, pooling, upsampling, decode).
+    Other = 4,
+}
+
+/// Names of [`Kind`] in order.
+pub const KIND_NAMES: [&str; 5] = ["conv1x1", "conv3x3", "depthwise", "attention", "other"];
+/// Names of the stages in order.
+pub const STAGE_NAMES: [&str; 3] = ["backbone", "neck", "head"];
+
+/// Time per op kind and per stage of the last forward, and its floating-point operations.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Profile {
+    /// Seconds per [`Kind`].
+    pub kind_s: [f64; 5],
+    /// Seconds per stage (backbone, neck, head incl. decode).
+    pub stage_s: [f64; 3],
+    /// FLOPs per [`Kind`] (multiply-add = 2).
+    pub kind_flops: [f64; 5],
+    /// Total seconds.
+    pub total_s: f64,
+}
+
+impl Profile {
+    /// Total counted FLOPs.
+    pub fn flops(&self) -> f64 {
+        self.kind_flops.iter().sum()
+    }
+}
+
+/// The activation arena plus the profile being recorded.
+#[derive(Default)]
+pub struct Arena {
+    data: Vec<f32>,
+    top: usize,
+    /// Profile of the current/last forward.
+    pub prof: Profile,
+    /// Stage being recorded (index into [`STAGE_NAMES`]).
+    pub stage: usize,
+}
+
+fn bad(msg: String) -> ModelError {
+    ModelError::Input(format!("fast path: {msg}"))
+}
+
+impl Arena {
+    /// Starts a new frame: all previous views become invalid.
+    pub fn reset(&mut self) {
+        self.top = 0;
+        self.prof = Profile::default();
+        self.stage = 0;
+    }
+
+    /// A fresh `h x w x c` tensor (contents unspecified). Grows the arena on the first frame
+    /// of a size only.
+    pub fn alloc(&mut self, h: usize, w: usize, c: usize) -> View {
+        // Pad to 16 floats so tensors start on 64-byte boundaries relative to the arena.
+        let n = (h * w * c).div_ceil(16) * 16;
+        let v = View {
+            off: self.top,
+            h,
+            w,
+            ld: c,
+            c,
+        };
+        self.top += n;
+        if self.data.len() < self.top {
+            self.data.resize(self.top, 0.0);
+        }
+        v
+    }
+
+    /// Floats reserved by the arena.
+    pub fn capacity(&self) -> usize {
+        self.data.len()
+    }
+
+    /// The arena's contents.
+    pub fn data(&self) -> &[f32] {
+        &self.data
+    }
+
+    fn check(&self, v: &View, what: &str) -> Result<(), ModelError> {
+        if v.c > v.ld || v.end() > self.data.len() {
+            return Err(bad(format!(
+                "{what} view {v:?} outside the arena ({})",
+                self.data.len()
+            )));
+        }
+        Ok(())
+    }
+
+    fn record(&mut self, kind: Kind, t0: Instant, flops: f64) {
+        let dt = t0.elapsed().as_secs_f64();
+        self.prof.kind_s[kind as usize] += dt;
+        self.prof.stage_s[self.stage.min(2)] += dt;
+        self.prof.kind_flops[kind as usize] += flops;
+    }
+
+    /// Times `f` as `kind` (for ops done outside this module, e.g. decode).
+    pub fn timed<R>(&mut self, kind: Kind, f: impl FnOnce(&mut Self) -> R) -> R {
+        let t0 = Instant::now();
+        let r = f(self);
+        self.record(kind, t0, 0.0);
+        r
+    }
+
+    /// Writes a CHW image into an `h x w x 3` view.
+    pub fn load_chw(&mut self, chw: &[f32], dst: View) -> Result<(), ModelError> {
+        self.check(&dst, "input")?;
+        let t0 = Instant::now();
+        let (c, plane) = (dst.c, dst.pixels());
+        if chw.len() != c * plane {
+            return Err(bad(format!(
+                "input has {} values, expected {}",
+                chw.len(),
+                c * plane
+            )));
+        }
+        for p in 0..plane {
+            let o = dst.off + p * dst.ld;
+            for ch in 0..c {
+                self.data[o + ch] = chw[ch * plane + p];
+            }
+        }
+        self.record(Kind::Other, t0, 0.0);
+        Ok(())
+    }
+
+    /// Convolution (k x k, stride s, pad k/2) with fused bias, SiLU and residual.
+    pub fn conv(
+        &mut self,
+        cw: &ConvW,
+        src: View,
+        dst: View,
+        res: Option<View>,
+    ) -> Result<(), ModelError> {
+        self.check(&src, "conv input")?;
+        self.check(&dst, "conv output")?;
+        let pad = cw.k / 2;
+        let oh = (src.h + 2 * pad).saturating_sub(cw.k) / cw.stride + 1;
+        let ow = (src.w + 2 * pad).saturating_sub(cw.k) / cw.stride + 1;
+        if src.c != cw.ci || dst.c != cw.co || dst.h != oh || dst.w != ow {
+            return Err(bad(format!(
+                "conv {}x{} s{} {}->{}: input {src:?} output {dst:?}",
+                cw.k, cw.k, cw.stride, cw.ci, cw.co
+            )));
+        }
+        if !dst.disjoint(&src) {
+            return Err(bad(format!(
+                "conv output {dst:?} overlaps its input {src:?}"
+            )));
+        }
+        if let Some(r) = &res {
+            self.check(r, "residual")?;
+            if r.h != dst.h || r.w != dst.w || r.c != dst.c || (r != &dst && !r.disjoint(&dst)) {
+                return Err(bad(format!("residual {r:?} does not fit output {dst:?}")));
+            }
+        }
+        let t0 = Instant::now();
+        let base = self.data.as_mut_ptr();
+        // SAFETY: `base` is valid for the arena; the views were checked in bounds above.
+        let a = unsafe {
+            if cw.k == 1 && cw.stride == 1 {
+                ASrc::Direct {
+                    ptr: base.add(src.off),
+                    ld: src.ld,
+                }
+            } else {
+                ASrc::Im2col(Im2col {
+                    ptr: base.add(src.off),
+                    ld: src.ld,
+                    ih: src.h,
+                    iw: src.w,
+                    ci: src.c,
+                    k: cw.k,
+                    stride: cw.stride,
+                    pad,
+                    ow,
+                })
+            }
+        };
+        let epi = Epilogue {
+            silu: cw.act,
+            // SAFETY: in bounds (checked).
+            residual: res.map(|r| (unsafe { base.add(r.off) } as *const f32, r.ld)),
+        };
+        // SAFETY: A (the input view, or its k x k patches, pads excluded) and C (the output
+        // view) and the residual are inside the arena (checked); C is disjoint from A and is
+        // either disjoint from the residual or exactly it.
+        unsafe { kernels::gemm(dst.pixels(), a, &cw.b, base.add(dst.off), dst.ld, epi) };
+        let kind = if cw.k == 1 {
+            Kind::Conv1x1
+        } else {
+            Kind::Conv3x3
+        };
+        self.record(kind, t0, cw.flops(dst.pixels()));
+        Ok(())
+    }
+
+    /// Depthwise 3x3 (stride 1) over channels `c0..c0+src.c` of `dw`'s weights.
+    pub fn dw(&mut self, dw: &DwW, c0: usize, src: View, dst: View) -> Result<(), ModelError> {
+        self.check(&src, "depthwise input")?;
+        self.check(&dst, "depthwise output")?;
+        if src.h != dst.h
+            || src.w != dst.w
+            || src.c != dst.c
+            || c0 + src.c > dw.c
+            || !dst.disjoint(&src)
+        {
+            return Err(bad(format!(
+                "depthwise {} ch at {c0}: input {src:?} output {dst:?}",
+                dw.c
+            )));
+        }
+        let t0 = Instant::now();
+        let base = self.data.as_mut_ptr();
+        // SAFETY: views checked in bounds and disjoint; weights hold 9 x dw.c and bias dw.c,
+        // and c0 + src.c <= dw.c.
+        unsafe {
+            kernels::dw3x3(
+                base.add(src.off),
+                src.ld,
+                base.add(dst.off),
+                dst.ld,
+                src.h,
+                src.w,
+                src.c,
+                dw.w.as_ptr().add(c0),
+                dw.c,
+                dw.bias.as_ptr().add(c0),
+                dw.act,
+            )
+        };
+        self.record(Kind::Depthwise, t0, 18.0 * (src.pixels() * src.c) as f64);
+        Ok(())
+    }
+
+    /// Max pool 5x5, stride 1, padding 2 (padding never wins).
+    pub fn maxpool5(&mut self, src: View, dst: View) -> Result<(), ModelError> {
+        self.check(&src, "pool input")?;
+        self.check(&dst, "pool output")?;
+        if src.h != dst.h || src.w != dst.w || src.c != dst.c || !dst.disjoint(&src) {
+            return Err(bad(format!("maxpool: input {src:?} output {dst:?}")));
+        }
+        let t0 = Instant::now();
+        let (h, w, c) = (src.h, src.w, src.c);
+        for y in 0..h {
+            for x in 0..w {
+                let o = dst.off + (y * w + x) * dst.ld;
+                let first = src.off + (y * w + x) * src.ld;
+                self.data.copy_within(first..first + c, o);
+                for iy in y.saturating_sub(2)..(y + 3).min(h) {
+                    for ix in x.saturating_sub(2)..(x + 3).min(w) {
+                        let s = src.off + (iy * w + ix) * src.ld;
+                        for ch in 0..c {
+                            let v = self.data[s + ch];
+                            let d = &mut self.data[o + ch];
+                            if v > *d {
+                                *d = v;
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        self.record(Kind::Other, t0, 0.0);
+        Ok(())
+    }
+
+    /// Nearest-neighbour 2x upsampling.
+    pub fn upsample2(&mut self, src: View, dst: View) -> Result<(), ModelError> {
+        self.check(&src, "upsample input")?;
+        self.check(&dst, "upsample output")?;
+        if dst.h != 2 * src.h || dst.w != 2 * src.w || src.c != dst.c || !dst.disjoint(&src) {
+            return Err(bad(format!("upsample: input {src:?} output {dst:?}")));
+        }
+        let t0 = Instant::now();
+        for y in 0..dst.h {
+            for x in 0..dst.w {
+                let s = src.off + ((y / 2) * src.w + x / 2) * src.ld;
+                self.data
+                    .copy_within(s..s + src.c, dst.off + (y * dst.w + x) * dst.ld);
+            }
+        }
+        self.record(Kind::Other, t0, 0.0);
+        Ok(())
+    }
+
+    /// `dst = epilogue(a * b)` for matrices stored as views (`h*w` rows of `c` values): `a` has
+    /// `b.k()` columns, `dst` has `b.n()`; `res` as in [`Arena::conv`].
+    pub fn matmul(
+        &mut self,
+        a: View,
+        b: &PackedB,
+        dst: View,
+        res: Option<View>,
+    ) -> Result<(), ModelError> {
+        self.check(&a, "matmul A")?;
+        self.check(&dst, "matmul C")?;
+        if a.pixels() != dst.pixels() || a.c != b.k() || dst.c != b.n() || !dst.disjoint(&a) {
+            return Err(bad(format!(
+                "matmul {}x{}: A {a:?} C {dst:?}",
+                b.k(),
+                b.n()
+            )));
+        }
+        if let Some(r) = &res {
+            self.check(r, "matmul residual")?;
+            if r.pixels() != dst.pixels() || r.c != dst.c || (r != &dst && !r.disjoint(&dst)) {
+                return Err(bad(format!("residual {r:?} does not fit output {dst:?}")));
+            }
+        }
+        let t0 = Instant::now();
+        let base = self.data.as_mut_ptr();
+        let epi = Epilogue {
+            silu: false,
+            // SAFETY: in bounds (checked).
+            residual: res.map(|r| (unsafe { base.add(r.off) } as *const f32, r.ld)),
+        };
+        // SAFETY: A, C and the residual are checked in bounds; C is disjoint from A and either
+        // disjoint from the residual or exactly it.
+        unsafe {
+            kernels::gemm(
+                dst.pixels(),
+                ASrc::Direct {
+                    ptr: base.add(a.off),
+                    ld: a.ld,
+                },
+                b,
+                base.add(dst.off),
+                dst.ld,
+                epi,
+            )
+        };
+        self.record(
+            Kind::Attention,
+            t0,
+            2.0 * (dst.pixels() * b.k() * b.n()) as f64,
+        );
+        Ok(())
+    }
+
+    /// Row-wise softmax of a `rows x n` matrix view.
+    pub fn softmax(&mut self, v: View) -> Result<(), ModelError> {
+        self.check(&v, "softmax")?;
+        let t0 = Instant::now();
+        let end = v.end();
+        kernels::softmax_rows(&mut self.data[v.off..end], v.pixels(), v.c, v.ld);
+        self.record(Kind::Attention, t0, 0.0);
+        Ok(())
+    }
+
+    /// Packs `B[kk][nn] = view[row kk][col nn] * scale` (rows = pixels) into `out`
+    /// (`transpose`: `B[kk][nn] = view[row nn][col kk] * scale`).
+    pub fn pack(
+        &mut self,
+        v: View,
+        transpose: bool,
+        scale: f32,
+        out: &mut PackedB,
+    ) -> Result<(), ModelError> {
+        self.check(&v, "pack")?;
+        let t0 = Instant::now();
+        let d = &self.data;
+        let at = |r: usize, c: usize| d[v.off + r * v.ld + c] * scale;
+        if transpose {
+            out.repack(v.c, v.pixels(), |kk, nn| at(nn, kk), None);
+        } else {
+            out.repack(v.pixels(), v.c, |kk, nn| at(kk, nn), None);
+        }
+        self.record(Kind::Attention, t0, 0.0);
+        Ok(())
+    }
+}
+
+/// A convolution with BatchNorm folded, weights packed for the GEMM.
+#[derive(Debug, Clone)]
+pub struct ConvW {
+    /// Kernel size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// Input channels.
+    pub ci: usize,
+    /// Output channels.
+    pub co: usize,
+    /// SiLU after the bias.
+    pub act: bool,
+    /// Packed `[(ky, kx, ci) x co]` weights and bias.
+    pub b: PackedB,
+}
+
+impl ConvW {
+    /// From OIHW weights `w` (`co x ci x k x k`) and a bias.
+    pub fn new(
+        w: &[f32],
+        co: usize,
+        ci: usize,
+        k: usize,
+        bias: &[f32],
+        stride: usize,
+        act: bool,
+    ) -> Self {
+        let b = PackedB::pack(
+            k * k * ci,
+            co,
+            |kk, o| {
+                let (tap, c) = (kk / ci, kk % ci);
+                w[((o * ci + c) * k + tap / k) * k + tap % k]
+            },
+            Some(bias),
+        );
+        Self {
+            k,
+            stride,
+            ci,
+            co,
+            act,
+            b,
+        }
+    }
+
+    /// FLOPs for `pixels` output pixels.
+    pub fn flops(&self, pixels: usize) -> f64 {
+        2.0 * (pixels * self.k * self.k * self.ci * self.co) as f64
+    }
+}
+
+/// A depthwise 3x3 convolution with BatchNorm folded: weights tap-major (`9 x c`).
+#[derive(Debug, Clone)]
+pub struct DwW {
+    /// Channels.
+    pub c: usize,
+    /// `w[tap * c + ch]`.
+    pub w: Vec<f32>,
+    /// Bias per channel.
+    pub bias: Vec<f32>,
+    /// SiLU after the bias.
+    pub act: bool,
+}
+
+impl DwW {
+    /// From `c x 1 x 3 x 3` weights.
+    pub fn new(w: &[f32], c: usize, bias: &[f32], act: bool) -> Self {
+        let mut t = vec![0f32; 9 * c];
+        for ch in 0..c {
+            for tap in 0..9 {
+                t[tap * c + ch] = w[ch * 9 + tap];
+            }
+        }
+        Self {
+            c,
+            w: t,
+            bias: bias.to_vec(),
+            act,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn disjoint_views() {
+        let a = View {
+            off: 0,
+            h: 2,
+            w: 2,
+            ld: 8,
+            c: 4,
+        };
+        assert!(a.disjoint(&a.ch(4, 4)));
+        assert!(!a.disjoint(&a.ch(3, 4)));
+        assert!(!a.disjoint(&a));
+        let far = View { off: 100, ..a };
+        assert!(a.disjoint(&far));
+        // slices of a buffer whose start is not a multiple of its stride
+        let b = View { off: 13, ..a };
+        assert!(b.ch(0, 4).disjoint(&b.ch(4, 4)));
+        assert!(b.ch(4, 4).disjoint(&b.ch(0, 4)));
+        assert!(!b.ch(2, 4).disjoint(&b.ch(4, 4)));
+        let wide = View { c: 5, ..b };
+        assert!(!wide.disjoint(&View {
+            off: 13 + 4,
+            c: 4,
+            ..b
+        }));
+    }
+
+    #[test]
+    fn conv_rejects_overlap_and_bad_shapes() {
+        let mut ar = Arena::default();
+        let x = ar.alloc(4, 4, 8);
+        let cw = ConvW::new(&[0.5; 16], 4, 4, 1, &[0.0; 4], 1, false);
+        // output overlapping its input
+        assert!(ar.conv(&cw, x.ch(0, 4), x.ch(2, 4), None).is_err());
+        // wrong channel count
+        assert!(ar.conv(&cw, x, x.ch(0, 4), None).is_err());
+        // fine: disjoint channel slices of one buffer
+        assert!(ar.conv(&cw, x.ch(0, 4), x.ch(4, 4), None).is_ok());
+        // outside the arena
+        let out = View {
+            off: 1 << 20,
+            ..x.ch(4, 4)
+        };
+        assert!(ar.conv(&cw, x.ch(0, 4), out, None).is_err());
+    }
+
+    #[test]
+    fn pool_and_upsample() {
+        let mut ar = Arena::default();
+        let x = ar.alloc(3, 4, 2);
+        let y = ar.alloc(3, 4, 2);
+        let u = ar.alloc(6, 8, 2);
+        for p in 0..12 {
+            ar.data[x.off + 2 * p] = p as f32;
+            ar.data[x.off + 2 * p + 1] = -(p as f32);
+        }
+        ar.maxpool5(x, y).expect("pool");
+        // pixel (0,0): window rows 0..2, cols 0..2 -> max index 2*4+2 = 10
+        assert_eq!(ar.data[y.off], 10.0);
+        assert_eq!(ar.data[y.off + 1], 0.0);
+        ar.upsample2(x, u).expect("up");
+        // (3, 5) in the output is (1, 2) in the input -> 6
+        assert_eq!(ar.data[u.off + (3 * 8 + 5) * 2], 6.0);
+    }
+}
