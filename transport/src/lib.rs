@@ -1,2 +1,38 @@
-//! Wire protocol, postcard codec and QUIC endpoints (quinn + rustls) for the referee system.
+//! Wire protocol, postcard codec and QUIC endpoints (quinn + rustls, ring, TLS 1.3) for the
+//! referee system.
+//!
+//! - [`messages`]: the protocol's message types (control stream and frame headers).
+//! - [`codec`]: length-prefixed postcard messages; one unidirectional stream per frame.
+//! - [`endpoint`]: server/client endpoints, connect/accept with timeouts and ALPN check.
+//! - [`tls`]: server identity (files, or self-signed and persisted), client trust modes.
+//! - [`auth`]: role tokens compared in constant time, loopback-only open mode.
+
+pub mod auth;
+pub mod codec;
+pub mod endpoint;
+pub mod error;
 pub mod messages;
+pub mod tls;
+
+pub use auth::{auth_policy, AuthPolicy, TokenSet};
+pub use codec::{decode_msg, encode_msg, read_frame, read_msg, send_frame, write_msg, FrameLimits};
+pub use endpoint::{
+    accept, client_endpoint, client_endpoint_for, connect, connect_with_timeout, server_endpoint,
+    EndpointLimits,
+};
+pub use error::TransportError;
+pub use tls::{ServerIdentity, Trust};
+
+/// Re-export so dependants use the same quinn.
+pub use quinn;
+
+/// Application close code: normal end.
+pub const CLOSE_OK: quinn::VarInt = quinn::VarInt::from_u32(0);
+/// Application close code: protocol violation.
+pub const CLOSE_PROTOCOL: quinn::VarInt = quinn::VarInt::from_u32(1);
+/// Application close code: unauthorized.
+pub const CLOSE_UNAUTHORIZED: quinn::VarInt = quinn::VarInt::from_u32(2);
+/// Application close code: unsupported protocol version.
+pub const CLOSE_UNSUPPORTED_VERSION: quinn::VarInt = quinn::VarInt::from_u32(3);
+/// Application close code: the server is shutting down.
+pub const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(4);

@@ -41,7 +41,10 @@ pub enum FrameEncoding {
     Jpeg,
     Png,
     /// Packed 8-bit RGB, `width * height * 3` bytes.
-    Rgb24 { width: u32, height: u32 },
+    Rgb24 {
+        width: u32,
+        height: u32,
+    },
 }
 
 /// Header of a frame stream; the image bytes (exactly `len`) follow it on the same stream.
@@ -193,41 +196,84 @@ pub struct ErrorMsg {
 /// Events on the progressive verdict feed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum FeedEvent {
-    SessionStarted { session_id: String, piste: String },
+    SessionStarted {
+        session_id: String,
+        piste: String,
+    },
     Live(LiveState),
     Verdict(VerdictReport),
-    SessionEnded { session_id: String, piste: String, stats: SessionStats },
+    SessionEnded {
+        session_id: String,
+        piste: String,
+        stats: SessionStats,
+    },
     Error(ErrorMsg),
     /// This subscriber was too slow and `count` events were dropped for it.
-    Lagged { count: u64 },
+    Lagged {
+        count: u64,
+    },
 }
 
 /// Messages a client (agent or subscriber) sends on the control stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ClientMsg {
     /// First message on every connection.
-    Hello { role: Role, token: String, client: String },
+    Hello {
+        role: Role,
+        token: String,
+        client: String,
+    },
     SessionStart(SessionStart),
     Signal(Signal),
-    End { session_id: String },
-    Abort { session_id: String, reason: String },
-    Ping { nonce: u64 },
+    End {
+        session_id: String,
+    },
+    Abort {
+        session_id: String,
+        reason: String,
+    },
+    Ping {
+        nonce: u64,
+    },
     /// Subscribe to the feed; an empty list means every piste.
-    FeedSubscribe { pistes: Vec<String> },
+    FeedSubscribe {
+        pistes: Vec<String>,
+    },
 }
 
 /// Messages the daemon sends on the control stream.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum ServerMsg {
-    Welcome { server: String, protocol: u16 },
-    SessionStarted { session_id: String, ack: Ack },
-    Ack { session_id: String, ack: Ack },
-    SignalAck { session_id: String, phrase: u32 },
-    Progress { session_id: String, stats: SessionStats, queue_depth: u32 },
+    Welcome {
+        server: String,
+        protocol: u16,
+    },
+    SessionStarted {
+        session_id: String,
+        ack: Ack,
+    },
+    Ack {
+        session_id: String,
+        ack: Ack,
+    },
+    SignalAck {
+        session_id: String,
+        phrase: u32,
+    },
+    Progress {
+        session_id: String,
+        stats: SessionStats,
+        queue_depth: u32,
+    },
     Live(LiveState),
     Verdict(VerdictReport),
-    SessionEnded { session_id: String, stats: SessionStats },
+    SessionEnded {
+        session_id: String,
+        stats: SessionStats,
+    },
     Error(ErrorMsg),
-    Pong { nonce: u64 },
+    Pong {
+        nonce: u64,
+    },
     Feed(FeedEvent),
 }
