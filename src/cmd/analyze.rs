@@ -1,9 +1,97 @@
-//! `referee analyze` (not implemented yet).
+//! `referee analyze`: decide one phrase offline from its signal log and a keypoints workbook.
+//!
+//! It reads exactly the two files it is given: never a label or any other file.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use referee_rules::{signal, workbook, Decision, PhraseAnalyzer};
 
 /// Arguments of `referee analyze`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The scoring box's signal log for the phrase (signal.txt).
+    #[arg(long)]
+    pub signal: PathBuf,
+    /// The old pipeline's keypoints workbook (sheets left_x, left_y, right_x, right_y).
+    #[arg(long)]
+    pub keypoints: Option<PathBuf>,
+    /// Frame rate of the keypoints (frame i is at i / fps seconds from the phrase start).
+    /// Default: inferred from the workbook's row count and the log (15 or 30 fps).
+    #[arg(long)]
+    pub fps: Option<f64>,
+    /// Print the verdict as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("`referee analyze` is not implemented yet")
+/// Parses the log, reads the workbook, pushes every frame and decides.
+pub fn analyze_files(
+    signal_path: &Path,
+    keypoints: &Path,
+    fps: Option<f64>,
+) -> anyhow::Result<Decision> {
+    let (timeline, analyzer) = load(signal_path, keypoints, fps)?;
+    Ok(analyzer.decide(&timeline))
+}
+
+/// Parses the log and feeds the workbook's frames to a fresh analyzer (no decision yet).
+pub fn load(
+    signal_path: &Path,
+    keypoints: &Path,
+    fps: Option<f64>,
+) -> anyhow::Result<(signal::Timeline, PhraseAnalyzer)> {
+    let text = std::fs::read_to_string(signal_path)
+        .with_context(|| format!("cannot read signal log {}", signal_path.display()))?;
+    let timeline = signal::parse_signal(&text)
+        .with_context(|| format!("invalid signal log {}", signal_path.display()))?;
+    let mut frames = workbook::read_workbook(keypoints, fps.unwrap_or(1.0))?;
+    let fps = match fps {
+        Some(f) => f,
+        None => {
+            let f = workbook::infer_fps(frames.len(), &timeline).unwrap_or(15.0);
+            for fr in &mut frames {
+                fr.t = fr.frame as f64 / f;
+            }
+            tracing::debug!(fps = f, frames = frames.len(), "inferred the workbook's frame rate");
+            f
+        }
+    };
+    let mut analyzer = PhraseAnalyzer::new(fps);
+    for f in &frames {
+        analyzer.push(f);
+    }
+    Ok((timeline, analyzer))
+}
+
+/// Prints a decision for people.
+pub fn print_human(d: &Decision) {
+    println!(
+        "winner: {}  (confidence {:.2})",
+        d.winner.name(),
+        d.confidence
+    );
+    println!("reason: {}", d.reason);
+    if !d.evidence.is_empty() {
+        println!("evidence:");
+        for e in &d.evidence {
+            println!("  frame {:>4}  t={:6.3}s  {}", e.frame, e.t, e.what);
+        }
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let Some(keypoints) = args.keypoints.as_deref() else {
+        anyhow::bail!(
+            "nothing to analyse: give --keypoints K.xlsx (the old pipeline's keypoints workbook) \
+             together with --signal"
+        );
+    };
+    let decision = analyze_files(&args.signal, keypoints, args.fps)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&decision)?);
+    } else {
+        print_human(&decision);
+    }
+    Ok(())
 }

@@ -1,1 +1,135 @@
 //! Signal-log parser, phrase features and saber right-of-way decisions.
+//!
+//! - [`signal::parse_signal`] turns a scoring-box log into a [`signal::Timeline`].
+//! - [`workbook::read_workbook`] reads the old system's keypoint workbooks into [`PoseFrame`]s.
+//! - [`PhraseAnalyzer`] takes frames one at a time (live tracker or workbook), keeps compact
+//!   per-frame features, gives a [`LiveEstimate`] at any time and a [`Decision`] once the signal
+//!   lands. [`analyze`] is the offline convenience.
+//!
+//! The right-of-way model (see [`rules`]) uses three sport features of a double touch, all
+//! invariant to the scale of the coordinates: who has been advancing without interruption for
+//! longer up to the hit (the established attack), who gained more ground in the last 0.4 s (attack
+//! versus pause/retreat), and whose lamp lit first (a hit that lands first into the opponent's
+//! attack is a counter-attack / stop-cut, which loses to the attack inside the lockout).
+
+pub mod rules;
+pub mod signal;
+pub mod workbook;
+
+use serde::{Deserialize, Serialize};
+
+pub use rules::{
+    analyze, Decision, DoubleFeatures, Evidence, LiveEstimate, PhraseAnalyzer, SideLive, Weights,
+    DEFAULT_WEIGHTS,
+};
+
+/// Number of COCO keypoints.
+pub const NUM_KEYPOINTS: usize = 17;
+
+/// One fencer's keypoints in COCO-17 order: x, y, confidence. NaN x/y means missing.
+pub type Keypoints = [[f32; 3]; NUM_KEYPOINTS];
+
+/// A side of the screen. Fencer 2 of the scoring box is `Left`, Fencer 1 is `Right`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Side {
+    /// Left of screen (attacks towards +x).
+    Left,
+    /// Right of screen (attacks towards -x).
+    Right,
+}
+
+impl Side {
+    /// The opponent.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Left => Side::Right,
+            Side::Right => Side::Left,
+        }
+    }
+
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Left => "left",
+            Side::Right => "right",
+        }
+    }
+
+    /// Index into per-side arrays (left 0, right 1).
+    pub fn index(self) -> usize {
+        match self {
+            Side::Left => 0,
+            Side::Right => 1,
+        }
+    }
+
+    /// Sign of x pointing towards the opponent.
+    pub fn forward_sign(self) -> f32 {
+        match self {
+            Side::Left => 1.0,
+            Side::Right => -1.0,
+        }
+    }
+}
+
+impl std::fmt::Display for Side {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The verdict: who scores, or "uncertain, ask a human".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Winner {
+    /// Left fencer scores.
+    Left,
+    /// Right fencer scores.
+    Right,
+    /// The evidence is too weak to decide.
+    Uncertain,
+}
+
+impl From<Side> for Winner {
+    fn from(s: Side) -> Self {
+        match s {
+            Side::Left => Winner::Left,
+            Side::Right => Winner::Right,
+        }
+    }
+}
+
+impl Winner {
+    /// Lowercase name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Winner::Left => "left",
+            Winner::Right => "right",
+            Winner::Uncertain => "uncertain",
+        }
+    }
+}
+
+/// Both fencers' poses in one video frame.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PoseFrame {
+    /// Frame number in the phrase's video.
+    pub frame: u64,
+    /// Seconds since the phrase start (the first video frame).
+    pub t: f64,
+    /// Left-of-screen fencer, if seen.
+    pub left: Option<Keypoints>,
+    /// Right-of-screen fencer, if seen.
+    pub right: Option<Keypoints>,
+}
+
+impl PoseFrame {
+    /// The keypoints of one side.
+    pub fn side(&self, s: Side) -> Option<&Keypoints> {
+        match s {
+            Side::Left => self.left.as_ref(),
+            Side::Right => self.right.as_ref(),
+        }
+    }
+}
