@@ -18,7 +18,7 @@ fn synthetic(w: usize, h: usize) -> RgbImage {
             s ^= s << 13;
             s ^= s >> 17;
             s ^= s << 5;
-            let n = (s % 24) as usize;
+            let n = (s % 6) as usize;
             let stripe = if (x / 40 + y / 30) % 2 == 0 { 60 } else { 0 };
             data.push(((x * 150 / w) + n + stripe).min(255) as u8);
             data.push(((y * 150 / h) + n + stripe / 2).min(255) as u8);

@@ -145,7 +145,9 @@ fn decode_raw(
 
 fn decode_jpeg(bytes: &[u8], max_pixels: usize, out: &mut RgbImage) -> Result<(), DecodeError> {
     let side = max_pixels.clamp(1, u16::MAX as usize);
-    let options = DecoderOptions::default()
+    // new_fast: SIMD (AVX2/SSE/NEON) IDCT and colour conversion, ~3x faster than the
+    // intrinsics-free default; strict mode turns truncated data into an error.
+    let options = DecoderOptions::new_fast()
         .set_max_width(side)
         .set_max_height(side)
         .set_strict_mode(true)
