@@ -30,7 +30,9 @@ pub const RUN_SMOOTH_S: f64 = 0.1;
 /// Forward speed (torso lengths / s) a fencer must keep for the advance run to continue.
 pub const RUN_MIN_SPEED: f64 = 0.3;
 /// Below this `|z|` the decision is `uncertain`.
-pub const UNCERTAIN_MARGIN: f64 = 0.05;
+pub const UNCERTAIN_MARGIN: f64 = 0.02;
+/// The pose frames must reach within this many seconds of the hit.
+pub const MAX_HIT_GAP_S: f64 = 0.5;
 /// How far back (seconds) from the hit a fencer must have been seen to be judged.
 pub const VISIBILITY_WINDOW_S: f64 = 1.0;
 /// Minimum keypoint confidence to use a keypoint (workbook keypoints have confidence 1).
@@ -575,6 +577,12 @@ impl PhraseAnalyzer {
                 "Double touch at {hit_t:.2} s but no pose frame up to that time: ask a human."
             ));
         };
+        let last_t = self.samples[h].t;
+        if hit_t - last_t > MAX_HIT_GAP_S {
+            return uncertain(format!(
+                "Double touch at {hit_t:.2} s but the pose frames stop at {last_t:.2} s: ask a human."
+            ));
+        }
         let m = match self.features_at(h) {
             Ok(m) => m,
             Err(why) => return uncertain(format!("Double touch, but {why}: ask a human.")),
@@ -788,4 +796,156 @@ pub fn analyze(timeline: &Timeline, frames: &[PoseFrame], fps: f64) -> Decision 
         a.push(f);
     }
     a.decide(timeline)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::signal::parse_signal;
+    use crate::NUM_KEYPOINTS;
+
+    /// A standing fencer whose body centre is at `x` (torso 1 unit tall), scaled by `k`.
+    fn body(x: f32, k: f32) -> Keypoints {
+        let mut kp = [[f32::NAN, f32::NAN, 0.0]; NUM_KEYPOINTS];
+        for (i, y) in [(5, 1.0), (6, 1.0), (11, 2.0), (12, 2.0), (13, 2.6), (14, 2.6)] {
+            kp[i] = [x * k, y * k, 0.9];
+        }
+        kp
+    }
+
+    /// 15 fps phrase: positions given per frame by `left(i)` and `right(i)`.
+    fn phrase(n: usize, k: f32, left: impl Fn(usize) -> f32, right: impl Fn(usize) -> f32) -> Vec<PoseFrame> {
+        (0..n)
+            .map(|i| PoseFrame {
+                frame: i as u64,
+                t: i as f64 / 15.0,
+                left: Some(body(left(i), k)),
+                right: Some(body(right(i), k)),
+            })
+            .collect()
+    }
+
+    fn double_at(t: f64, first: &str) -> Timeline {
+        parse_signal(&format!(
+            " 0.000s | Phrase recording started\n {t:.3}s | HIT: {first}\n {:.3}s | HIT: Simultaneous valid hits!\n {:.3}s | Phrase recording ended\n",
+            t + 0.1,
+            t + 0.3
+        ))
+        .expect("log")
+    }
+
+    #[test]
+    fn attacker_beats_retreating_fencer_on_either_side() {
+        // Left advances all phrase; right retreats then stops. Both hit at 2 s.
+        let frames = phrase(40, 1.0, |i| 1.0 + 0.12 * i as f32, |i| 8.0 + 0.03 * i.min(25) as f32);
+        let d = analyze(&double_at(2.0, "Simultaneous valid hits!"), &frames, 15.0);
+        assert_eq!(d.winner, Winner::Left, "{}", d.reason);
+        assert!(d.confidence > 0.6, "{}", d.confidence);
+        assert!(d.reason.starts_with("Attack by left"), "{}", d.reason);
+        // Mirror the phrase: the right fencer attacks.
+        let mirrored = phrase(40, 1.0, |i| -8.0 - 0.03 * i.min(25) as f32, |i| -1.0 - 0.12 * i as f32);
+        let d = analyze(&double_at(2.0, "Simultaneous valid hits!"), &mirrored, 15.0);
+        assert_eq!(d.winner, Winner::Right, "{}", d.reason);
+    }
+
+    #[test]
+    fn counter_attack_landing_first_loses_to_the_attack() {
+        // Right attacks from the start; left stands still and hits first.
+        let frames = phrase(40, 1.0, |_| 1.0, |i| 9.0 - 0.1 * i as f32);
+        let d = analyze(&double_at(2.0, "Left scores on Right!"), &frames, 15.0);
+        assert_eq!(d.winner, Winner::Right, "{}", d.reason);
+        assert!(d.reason.contains("counter-attack"), "{}", d.reason);
+        let f = d.features.expect("features");
+        assert_eq!(f.first_hit, Some(Side::Left));
+        assert!(f.run.right > 1.5 && f.run.left == 0.0, "{f:?}");
+    }
+
+    #[test]
+    fn verdict_does_not_depend_on_coordinate_scale() {
+        let a = |i: usize| 1.0 + 0.02 * i as f32 + 0.05 * ((i as f32) * 0.7).sin();
+        let b = |i: usize| 8.0 - 0.015 * i as f32 + 0.04 * ((i as f32) * 1.3).cos();
+        let tl = double_at(2.2, "Right scores on Left!");
+        let base = analyze(&tl, &phrase(40, 1.0, a, b), 15.0);
+        for k in [1000.0, 0.001, 1920.0] {
+            let d = analyze(&tl, &phrase(40, k, a, b), 15.0);
+            assert_eq!(d.winner, base.winner, "scale {k}");
+            assert!((d.confidence - base.confidence).abs() < 1e-4, "scale {k}");
+            assert_eq!(d.evidence.len(), base.evidence.len());
+        }
+    }
+
+    #[test]
+    fn weak_or_missing_evidence_is_uncertain() {
+        let tl = double_at(2.0, "Simultaneous valid hits!");
+        // Mirror-image fencers: a perfect tie.
+        let tie = phrase(40, 1.0, |i| 1.0 + 0.05 * i as f32, |i| 9.0 - 0.05 * i as f32);
+        assert_eq!(analyze(&tl, &tie, 15.0).winner, Winner::Uncertain);
+        // No frames at all.
+        assert_eq!(analyze(&tl, &[], 15.0).winner, Winner::Uncertain);
+        // Frames stop long before the hit.
+        let short = phrase(10, 1.0, |i| 1.0 + 0.1 * i as f32, |_| 9.0);
+        let d = analyze(&tl, &short, 15.0);
+        assert_eq!(d.winner, Winner::Uncertain);
+        assert!(d.reason.contains("stop"), "{}", d.reason);
+        // The right fencer is never seen.
+        let mut blind = phrase(40, 1.0, |i| 1.0 + 0.1 * i as f32, |_| 9.0);
+        for f in &mut blind {
+            f.right = None;
+        }
+        let d = analyze(&tl, &blind, 15.0);
+        assert_eq!(d.winner, Winner::Uncertain);
+        assert!(d.reason.contains("right"), "{}", d.reason);
+    }
+
+    #[test]
+    fn single_light_scores_without_poses() {
+        let tl = parse_signal(" 0.000s | Phrase recording started\n 1.5s | HIT: Right scores on Left!\nScores -> Fencer 1: HIT, Fencer 2: NO HIT\n")
+            .expect("log");
+        let d = analyze(&tl, &[], 15.0);
+        assert_eq!(d.winner, Winner::Right);
+        assert_eq!(d.confidence, 1.0);
+        assert!(d.reason.contains("Single light"));
+    }
+
+    #[test]
+    fn live_estimate_follows_the_phrase_and_out_of_order_frames() {
+        let frames = phrase(30, 100.0, |i| 1.0 + 0.15 * i as f32, |i| 9.0 + 0.05 * i as f32);
+        let mut a = PhraseAnalyzer::new(15.0);
+        assert_eq!(a.live().left.action, "unseen");
+        // Push with two frames swapped: the analyzer keeps time order.
+        let mut order: Vec<usize> = (0..30).collect();
+        order.swap(10, 11);
+        for i in order {
+            a.push(&frames[i]);
+        }
+        a.set_frame_width(1280.0);
+        let live = a.live();
+        assert_eq!(live.frame, 29);
+        assert_eq!(live.left.action, "advance", "{live:?}");
+        assert_eq!(live.right.action, "retreat", "{live:?}");
+        assert!(live.left.speed > 1.0 && live.right.speed < -0.3, "{live:?}");
+        let x = live.left.x.expect("visible");
+        assert!((x - 100.0 * (1.0 + 0.15 * 29.0) / 1280.0).abs() < 1e-4, "{x}");
+        assert_eq!(live.right_of_way, Some(Side::Left));
+        // Same verdict as the offline path.
+        let tl = double_at(1.9, "Simultaneous valid hits!");
+        assert_eq!(a.decide(&tl), analyze(&tl, &frames, 15.0));
+    }
+
+    #[test]
+    fn fit_recovers_the_sign_of_each_feature() {
+        // Synthetic: left wins when it advanced more, ran longer, and did not hit first.
+        let mut xs = Vec::new();
+        let mut ys = Vec::new();
+        for i in 0..200 {
+            let a = ((i * 37) % 17) as f64 / 8.0 - 1.0;
+            let r = ((i * 53) % 13) as f64 / 6.0 - 1.0;
+            let f = [(i % 3) as f64 - 1.0][0];
+            xs.push([a, r, f]);
+            ys.push(0.5 * a + 1.0 * r - 0.4 * f > 0.0);
+        }
+        let w = Weights::fit(&xs, &ys);
+        assert!(w.advance > 0.0 && w.run > 0.0 && w.first < 0.0, "{w:?}");
+        assert!(w.run > w.advance, "{w:?}");
+    }
 }

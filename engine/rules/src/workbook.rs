@@ -76,7 +76,8 @@ pub const KNOWN_RATES: [f64; 2] = [15.0, 30.0];
 
 /// Frame rate of a workbook of `n_frames` rows when none is given: its rows span the phrase either
 /// to the recording end or to the first hit, so pick the known rate closest (relative error) to
-/// `n_frames / phrase_end` or `n_frames / first_hit`. `None` without a usable time.
+/// `n_frames / phrase_end` or `n_frames / first_hit`. `None` without a usable time or when no
+/// known rate is within 25 % (the rows then cover only part of the phrase).
 pub fn infer_fps(n_frames: usize, timeline: &crate::signal::Timeline) -> Option<f64> {
     let spans = [
         timeline.phrase_end(),
@@ -92,7 +93,7 @@ pub fn infer_fps(n_frames: usize, timeline: &crate::signal::Timeline) -> Option<
             }
         }
     }
-    best.map(|(_, r)| r)
+    best.filter(|(err, _)| *err <= 0.25).map(|(_, r)| r)
 }
 
 const SHEETS: [&str; 4] = ["left_x", "left_y", "right_x", "right_y"];
