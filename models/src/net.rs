@@ -537,18 +537,27 @@ impl YoloNet {
         self.arch
     }
 
-    /// A short description, e.g. `YOLO11 pose (stem 16 channels, 454 tensors)`.
+    /// A short description, e.g. `YOLO11n-pose (454 tensors)`; the scale letter comes from the tensor shapes.
     pub fn describe(&self) -> String {
         let fam = match self.arch {
             Arch::Yolo11 => "YOLO11",
             Arch::Yolov8 => "YOLOv8",
         };
-        let scale = match self.width0 {
-            16 => "n",
-            32 => "s",
-            48 => "m",
-            64 => "l",
-            80 => "x",
+        let depth2 = match self.layers.get(&2) {
+            Some(Layer::C2f(c)) => c.m.len(),
+            _ => 0,
+        };
+        // Ultralytics scales: YOLO11 widths n/s/m/l/x = 16/32/64/64/96 (m and l differ in depth),
+        // YOLOv8 widths 16/32/48/64/80.
+        let scale = match (self.arch, self.width0) {
+            (_, 16) => "n",
+            (_, 32) => "s",
+            (Arch::Yolo11, 64) if depth2 <= 1 => "m",
+            (Arch::Yolo11, 64) => "l",
+            (Arch::Yolo11, 96) => "x",
+            (Arch::Yolov8, 48) => "m",
+            (Arch::Yolov8, 64) => "l",
+            (Arch::Yolov8, 80) => "x",
             _ => "?",
         };
         format!("{fam}{scale}-pose ({} tensors)", self.num_tensors)

@@ -154,3 +154,25 @@ fn missing_truncated_and_tampered_weights_tell_to_run_fetch() {
     assert!(matches!(e, ModelError::WeightsInvalid { .. }));
     assert!(e.to_string().contains("truncated") && e.to_string().contains("run `referee model fetch`"), "{e}");
 }
+
+#[test]
+fn url_source_downloads_with_curl() {
+    let Some(pt) = common::shared_checkpoint() else { return };
+    if std::process::Command::new("curl").arg("--version").output().is_err() {
+        println!("skipped: curl not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", pt.canonicalize().unwrap().display());
+    let out = fetch(&FetchOptions { source: Source::Url(url), ..opts(&pt, dir.path()) }).expect("url fetch");
+    assert_eq!(out.tensors, 454);
+    assert!(!out.already_present);
+    let bad = fetch(&FetchOptions {
+        source: Source::Url(format!("file://{}/missing.pt", dir.path().display())),
+        ..opts(&pt, dir.path())
+    });
+    match bad {
+        Err(e @ FetchError::Download { .. }) => assert!(e.to_string().contains("missing.pt"), "{e}"),
+        other => panic!("expected Download error, got {other:?}"),
+    }
+}
