@@ -1,0 +1,143 @@
+//! Writes a phrase's artifacts off the verdict path, on a short-lived thread.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use referee_rules::signal::{EventKind, Timeline};
+use referee_rules::Keypoints;
+use referee_transport::messages::{FrameEncoding, Side};
+use tracing::{info, warn};
+
+use crate::artifacts::{self, TimelineHit, TimelineSeries};
+use crate::decode::decode_frame;
+use crate::phrase::TrackedPose;
+use crate::rectify::{RectifyParams, RemapTable};
+
+/// The encoded frame nearest the hit, with both fencers' keypoints (rectified pixels).
+pub(crate) struct OverlayFrame {
+    pub frame: u64,
+    pub encoding: FrameEncoding,
+    pub bytes: Arc<Vec<u8>>,
+    pub left: Option<Keypoints>,
+    pub right: Option<Keypoints>,
+}
+
+/// Everything needed to write one phrase's artifacts.
+pub(crate) struct ArtifactJob {
+    pub dir: PathBuf,
+    pub title: String,
+    pub result_json: String,
+    pub poses: Vec<TrackedPose>,
+    pub timeline: Timeline,
+    pub rectified: (usize, usize),
+    pub overlay: Option<OverlayFrame>,
+    pub rectify: RectifyParams,
+}
+
+/// Writes the artifacts on a background thread; failures are logged and counted.
+pub(crate) fn spawn(job: ArtifactJob) {
+    let spawned = std::thread::Builder::new()
+        .name("referee-artifacts".into())
+        .spawn(move || {
+            let dir = job.dir.clone();
+            match write(job) {
+                Ok(()) => info!(dir = %dir.display(), "artifacts written"),
+                Err(e) => {
+                    metrics::counter!("referee_artifact_errors_total").increment(1);
+                    warn!(dir = %dir.display(), error = %e, "writing artifacts failed");
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        warn!(error = %e, "cannot start the artifact writer thread");
+    }
+}
+
+/// Writes result.json, keypoints.xlsx, timeline.svg and overlay.png into `job.dir`.
+pub(crate) fn write(job: ArtifactJob) -> Result<(), ArtifactJobError> {
+    std::fs::create_dir_all(&job.dir).map_err(|e| ArtifactJobError::Io(job.dir.clone(), e))?;
+    artifacts::write_bytes_atomic(&job.dir.join("result.json"), job.result_json.as_bytes())?;
+    let frames: Vec<_> = job.poses.iter().map(|p| p.tracked.clone()).collect();
+    let norm = job.rectified.0.max(1) as f32;
+    artifacts::write_keypoints_workbook(&job.dir.join("keypoints.xlsx"), &frames, norm)?;
+    let series = timeline_series(&job.title, &job.poses, &job.timeline, norm);
+    artifacts::write_timeline_svg(&job.dir.join("timeline.svg"), &series)?;
+    if let Some(o) = job.overlay {
+        let image = decode_frame(o.encoding, &o.bytes, usize::MAX)
+            .map_err(|e| ArtifactJobError::Overlay(format!("frame {}: {e}", o.frame)))?;
+        let table = RemapTable::build(image.width, image.height, &job.rectify)
+            .map_err(|e| ArtifactJobError::Overlay(e.to_string()))?;
+        let rectified = table
+            .undistort_rgb(&image)
+            .map_err(|e| ArtifactJobError::Overlay(e.to_string()))?;
+        artifacts::write_overlay(
+            &job.dir.join("overlay.png"),
+            &rectified,
+            o.left.as_ref(),
+            o.right.as_ref(),
+        )?;
+    }
+    Ok(())
+}
+
+/// Positions over time (fractions of the frame width), blade contacts and hits for the plot.
+fn timeline_series(
+    title: &str,
+    poses: &[TrackedPose],
+    timeline: &Timeline,
+    width: f32,
+) -> TimelineSeries {
+    let x = |k: Option<&Keypoints>| {
+        let k = k?;
+        let hips = [k[11][0], k[12][0]];
+        let seen: Vec<f32> = hips.into_iter().filter(|v| v.is_finite()).collect();
+        (!seen.is_empty()).then(|| seen.iter().sum::<f32>() / seen.len() as f32 / width)
+    };
+    let mut hits = Vec::new();
+    for e in &timeline.events {
+        let t = e.t as f32;
+        match &e.kind {
+            EventKind::Hit { scorer, .. } => {
+                let side = match scorer {
+                    referee_rules::Side::Left => Side::Left,
+                    referee_rules::Side::Right => Side::Right,
+                };
+                hits.push(TimelineHit {
+                    t,
+                    side,
+                    label: format!("HIT {}", scorer.name()),
+                });
+            }
+            EventKind::SimultaneousHits => {
+                for side in [Side::Left, Side::Right] {
+                    hits.push(TimelineHit {
+                        t,
+                        side,
+                        label: "simultaneous".into(),
+                    });
+                }
+            }
+            _ => {}
+        }
+    }
+    TimelineSeries {
+        title: title.to_string(),
+        times: poses.iter().map(|p| p.t as f32).collect(),
+        left_x: poses.iter().map(|p| x(p.tracked.left.as_ref())).collect(),
+        right_x: poses.iter().map(|p| x(p.tracked.right.as_ref())).collect(),
+        pauses: Vec::new(),
+        blade_contacts: timeline.blade_contacts().map(|t| t as f32).collect(),
+        hits,
+    }
+}
+
+/// Why writing artifacts failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ArtifactJobError {
+    #[error("cannot create {0}: {1}")]
+    Io(PathBuf, std::io::Error),
+    #[error(transparent)]
+    Artifact(#[from] artifacts::ArtifactError),
+    #[error("overlay image: {0}")]
+    Overlay(String),
+}

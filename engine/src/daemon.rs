@@ -1,0 +1,191 @@
+//! Assembles the daemon from settings: engine, QUIC endpoint, HTTP server.
+//!
+//! `referee serve`, the demo, the end-to-end bench and the integration tests all start the
+//! daemon through [`Daemon::start`], so they exercise the same code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use referee_config::Settings;
+use referee_models::PoseEstimator;
+use referee_transport::auth::{auth_policy, TokenSet};
+use referee_transport::tls::ServerIdentity;
+use referee_transport::EndpointLimits;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::http::{HttpState, ServerInfo};
+use crate::pipeline::{Engine, EngineConfig};
+use crate::rectify::RectifyParams;
+use crate::server::QuicContext;
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("TLS identity: {0}")]
+    Identity(#[source] referee_transport::TransportError),
+    #[error("authentication: {0}")]
+    Auth(#[source] referee_transport::TransportError),
+    #[error("cannot open the QUIC endpoint on {addr}: {source}")]
+    Quic {
+        addr: SocketAddr,
+        #[source]
+        source: referee_transport::TransportError,
+    },
+    #[error("cannot listen for HTTP on {addr}: {source}")]
+    Http {
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create {path}: {source}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Maps the daemon settings onto the engine core's.
+pub fn engine_config(s: &Settings) -> EngineConfig {
+    EngineConfig {
+        queue_depth: s.pipeline.queue_depth,
+        reorder_window: s.pipeline.reorder_window,
+        max_sessions: s.limits.max_streaming_sessions,
+        max_memory_bytes: s.limits.max_streaming_memory_mb * 1024 * 1024,
+        max_frames_per_session: s.limits.max_frames_per_session,
+        session_timeout: Duration::from_secs(s.limits.streaming_session_timeout_s),
+        output_dir: Some(s.server.output_dir.clone()),
+        rectify: RectifyParams {
+            fisheye_enabled: s.fisheye.enabled,
+            strength: s.fisheye.strength,
+            balance: s.fisheye.balance,
+            band: s.pose.piste_band,
+            target: (s.pose.width as usize, s.pose.height as usize),
+        },
+        ..EngineConfig::default()
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    /// The engine core.
+    pub engine: Engine,
+    /// Address agents and subscribers connect to.
+    pub quic_addr: SocketAddr,
+    /// Address of /healthz, /status, /metrics and the feed page.
+    pub http_addr: SocketAddr,
+    /// SHA-256 fingerprint of the TLS certificate (what agents pin).
+    pub fingerprint: String,
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+}
+
+impl Daemon {
+    /// Starts the engine with `estimator`, the QUIC endpoint and the HTTP server on the current
+    /// tokio runtime. Port 0 in the settings picks a free port (see `quic_addr`/`http_addr`).
+    pub async fn start(
+        settings: &Settings,
+        estimator: Box<dyn PoseEstimator>,
+        model_name: &str,
+    ) -> Result<Self, DaemonError> {
+        let s = settings;
+        for dir in [&s.server.output_dir, &s.server.data_dir] {
+            std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
+                path: dir.clone(),
+                source,
+            })?;
+        }
+        let identity = match (&s.tls.cert, &s.tls.key) {
+            (Some(cert), Some(key)) => ServerIdentity::from_files(cert, key),
+            _ => ServerIdentity::load_or_generate(&s.server.data_dir),
+        }
+        .map_err(DaemonError::Identity)?;
+        let fingerprint = identity.fingerprint_hex();
+        let fp_file = s.server.data_dir.join("identity.sha256");
+        std::fs::write(&fp_file, format!("{fingerprint}\n")).map_err(|source| {
+            DaemonError::Dir {
+                path: fp_file.clone(),
+                source,
+            }
+        })?;
+        let tokens = TokenSet::from_config(&s.auth);
+        let auth = auth_policy(s.server.host, &tokens).map_err(DaemonError::Auth)?;
+        if tokens.is_empty() {
+            warn!("no tokens configured: accepting unauthenticated clients on loopback only");
+        }
+        let limits = EndpointLimits::from_config(&s.limits);
+        let addr = SocketAddr::new(s.server.host, s.server.port);
+        let endpoint = referee_transport::endpoint::server_endpoint(addr, &identity, &limits)
+            .map_err(|source| DaemonError::Quic { addr, source })?;
+        let quic_addr = endpoint.local_addr().map_err(|e| DaemonError::Quic {
+            addr,
+            source: referee_transport::TransportError::Io {
+                what: "reading the bound address".into(),
+                source: e,
+            },
+        })?;
+        let http_port = if s.server.port == 0 {
+            s.server.http_port.unwrap_or(0)
+        } else {
+            s.server.effective_http_port()
+        };
+        let http_addr = SocketAddr::new(s.server.host, http_port);
+        let listener = tokio::net::TcpListener::bind(http_addr)
+            .await
+            .map_err(|source| DaemonError::Http {
+                addr: http_addr,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| DaemonError::Http {
+            addr: http_addr,
+            source,
+        })?;
+
+        let engine = Engine::start(engine_config(s), estimator);
+        let (stop, mut stopped) = watch::channel(false);
+        let ctx = QuicContext {
+            engine: engine.clone(),
+            auth: Arc::new(auth),
+            limits,
+            server_name: format!("referee {}", env!("CARGO_PKG_VERSION")),
+        };
+        tokio::spawn(crate::server::serve(endpoint.clone(), ctx));
+        let state = HttpState::new(
+            engine.clone(),
+            ServerInfo {
+                quic_addr: quic_addr.to_string(),
+                fingerprint: fingerprint.clone(),
+                model: model_name.to_string(),
+            },
+        );
+        tokio::spawn(async move {
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            if let Err(e) = crate::http::serve(listener, state, shutdown).await {
+                warn!(error = %e, "HTTP server stopped");
+            }
+        });
+        info!(%quic_addr, %http_addr, %fingerprint, "daemon listening");
+        Ok(Self {
+            engine,
+            quic_addr,
+            http_addr,
+            fingerprint,
+            endpoint,
+            stop,
+        })
+    }
+
+    /// Stops accepting connections, drains the pipeline and stops the HTTP server.
+    pub async fn shutdown(self) {
+        self.endpoint.close(0u32.into(), b"daemon shutting down");
+        let _ = self.stop.send(true);
+        let engine = self.engine.clone();
+        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        self.endpoint.wait_idle().await;
+    }
+}

@@ -1,0 +1,336 @@
+//! The daemon's HTTP side: `/healthz`, `/status`, `/metrics` (Prometheus), `/feed/events`
+//! (Server-Sent Events) and the live feed page at `/`.
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use referee_transport::messages::FeedEvent;
+use serde::{Deserialize, Serialize};
+
+use crate::pipeline::Engine;
+
+const FEED_PAGE: &str = include_str!("web/index.html");
+
+/// Installs the process-wide Prometheus recorder once and returns its handle.
+pub fn prometheus() -> PrometheusHandle {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            // Another recorder may already be installed (e.g. by an embedding program):
+            // then our handle renders an empty registry, which is still a valid answer.
+            let _ = metrics::set_global_recorder(recorder);
+            handle
+        })
+        .clone()
+}
+
+/// What the HTTP handlers need.
+#[derive(Clone)]
+pub struct HttpState {
+    engine: Engine,
+    metrics: PrometheusHandle,
+    started: Instant,
+    info: Arc<ServerInfo>,
+}
+
+/// Facts about the daemon shown on /status.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct ServerInfo {
+    /// QUIC address agents connect to.
+    pub quic_addr: String,
+    /// SHA-256 fingerprint of the daemon's TLS certificate.
+    pub fingerprint: String,
+    /// Pose model in use.
+    pub model: String,
+}
+
+impl HttpState {
+    /// State for the router.
+    pub fn new(engine: Engine, info: ServerInfo) -> Self {
+        Self {
+            engine,
+            metrics: prometheus(),
+            started: Instant::now(),
+            info: Arc::new(info),
+        }
+    }
+}
+
+/// The router with every endpoint.
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/", get(page))
+        .route("/healthz", get(healthz))
+        .route("/status", get(status))
+        .route("/streaming/stats", get(status))
+        .route("/metrics", get(prometheus_metrics))
+        .route("/feed/events", get(feed_events))
+        .with_state(state)
+}
+
+/// Serves the router on `listener` until the process ends or `shutdown` resolves.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: HttpState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+async fn page() -> Html<&'static str> {
+    Html(FEED_PAGE)
+}
+
+async fn healthz(State(s): State<HttpState>) -> Response {
+    let body = serde_json::json!({
+        "status": "ok",
+        "uptime_s": s.started.elapsed().as_secs_f64(),
+        "sessions": s.engine.sessions().len(),
+    });
+    (StatusCode::OK, Json(body)).into_response()
+}
+
+/// The /status document.
+#[derive(Serialize)]
+struct StatusDoc {
+    version: &'static str,
+    uptime_s: f64,
+    server: ServerInfo,
+    sessions: Vec<SessionDoc>,
+    queues: std::collections::BTreeMap<String, usize>,
+    in_flight: usize,
+    stages: std::collections::BTreeMap<String, crate::stats::StageSummary>,
+    frames: FramesDoc,
+    refused: std::collections::BTreeMap<String, u64>,
+    verdicts: u64,
+    verdict_latency_ms: LatencyDoc,
+    memory: MemoryDoc,
+    feed: FeedDoc,
+    /// The figures the old system's /streaming/stats reported.
+    streaming_stats: StreamingStats,
+}
+
+#[derive(Serialize)]
+struct SessionDoc {
+    session_id: String,
+    piste: String,
+    fps: f32,
+    width: u32,
+    height: u32,
+    attached: bool,
+    idle_s: f64,
+    age_s: f64,
+    stats: referee_transport::messages::SessionStats,
+    bytes: u64,
+}
+
+#[derive(Serialize)]
+struct FramesDoc {
+    received: u64,
+    processed: u64,
+    dropped: std::collections::BTreeMap<String, u64>,
+}
+
+#[derive(Serialize, Default)]
+struct LatencyDoc {
+    count: usize,
+    p50: Option<f64>,
+    p95: Option<f64>,
+    last: Option<f64>,
+}
+
+#[derive(Serialize)]
+struct MemoryDoc {
+    rss_mb: Option<f64>,
+    budget_mb: u64,
+}
+
+#[derive(Serialize)]
+struct FeedDoc {
+    subscribers: usize,
+    published: u64,
+    dropped_for_slow_subscribers: u64,
+}
+
+#[derive(Serialize)]
+struct StreamingStats {
+    active_sessions: usize,
+    max_sessions: usize,
+    memory_usage_mb: Option<f64>,
+    max_memory_mb: u64,
+    session_timeout_s: u64,
+}
+
+/// Percentile by nearest rank over a copy of `values` (None when empty).
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
+/// Resident set size of this process in MB (Linux), if readable.
+pub fn rss_mb() -> Option<f64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: f64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    Some(pages * 4096.0 / (1024.0 * 1024.0))
+}
+
+async fn status(State(s): State<HttpState>) -> Json<StatusDoc> {
+    let e = &s.engine;
+    let cfg = e.config();
+    let sessions: Vec<SessionDoc> = e
+        .sessions()
+        .iter()
+        .map(|sess| SessionDoc {
+            session_id: sess.id().to_string(),
+            piste: sess.piste().to_string(),
+            fps: sess.start.fps,
+            width: sess.start.width,
+            height: sess.start.height,
+            attached: sess.is_attached(),
+            idle_s: sess.idle_for().as_secs_f64(),
+            age_s: sess.opened_at.elapsed().as_secs_f64(),
+            stats: sess.counters.snapshot(),
+            bytes: sess
+                .counters
+                .bytes
+                .load(std::sync::atomic::Ordering::Relaxed),
+        })
+        .collect();
+    let lat = e.stats().verdict_latencies_ms();
+    let rss = rss_mb();
+    let stats = e.stats();
+    Json(StatusDoc {
+        version: env!("CARGO_PKG_VERSION"),
+        uptime_s: s.started.elapsed().as_secs_f64(),
+        server: (*s.info).clone(),
+        streaming_stats: StreamingStats {
+            active_sessions: sessions.len(),
+            max_sessions: cfg.max_sessions,
+            memory_usage_mb: rss,
+            max_memory_mb: cfg.max_memory_bytes >> 20,
+            session_timeout_s: cfg.session_timeout.as_secs(),
+        },
+        sessions,
+        queues: stats.queue_depths(),
+        in_flight: e.in_flight(),
+        stages: stats.stages(),
+        frames: FramesDoc {
+            received: stats
+                .frames_received
+                .load(std::sync::atomic::Ordering::Relaxed),
+            processed: stats
+                .frames_processed
+                .load(std::sync::atomic::Ordering::Relaxed),
+            dropped: stats.drops(),
+        },
+        refused: stats.refusals(),
+        verdicts: e.verdicts(),
+        verdict_latency_ms: LatencyDoc {
+            count: lat.len(),
+            p50: percentile(&lat, 50.0),
+            p95: percentile(&lat, 95.0),
+            last: lat.last().copied(),
+        },
+        memory: MemoryDoc {
+            rss_mb: rss,
+            budget_mb: cfg.max_memory_bytes >> 20,
+        },
+        feed: FeedDoc {
+            subscribers: e.feed().subscribers(),
+            published: e.feed().published(),
+            dropped_for_slow_subscribers: e.feed().lagged(),
+        },
+    })
+}
+
+async fn prometheus_metrics(State(s): State<HttpState>) -> Response {
+    // Refresh the queue-depth gauges before rendering.
+    let _ = s.engine.stats().queue_depths();
+    metrics::gauge!("referee_memory_rss_bytes").set(rss_mb().unwrap_or(0.0) * 1024.0 * 1024.0);
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+        .into_response()
+}
+
+#[derive(Deserialize)]
+struct FeedQuery {
+    /// Comma-separated pistes; absent or empty = all.
+    piste: Option<String>,
+}
+
+/// The SSE event name and JSON payload for a feed event.
+pub fn sse_parts(event: &FeedEvent) -> (&'static str, serde_json::Value) {
+    let to = |v: Result<serde_json::Value, _>| v.unwrap_or(serde_json::Value::Null);
+    match event {
+        FeedEvent::SessionStarted { session_id, piste } => (
+            "session_started",
+            serde_json::json!({"session_id": session_id, "piste": piste}),
+        ),
+        FeedEvent::Live(l) => ("live", to(serde_json::to_value(l))),
+        FeedEvent::Verdict(v) => ("verdict", to(serde_json::to_value(v))),
+        FeedEvent::SessionEnded {
+            session_id,
+            piste,
+            stats,
+        } => (
+            "session_ended",
+            serde_json::json!({"session_id": session_id, "piste": piste, "stats": stats}),
+        ),
+        FeedEvent::Error(e) => ("error", to(serde_json::to_value(e))),
+        FeedEvent::Lagged { count } => ("lagged", serde_json::json!({ "count": count })),
+    }
+}
+
+async fn feed_events(
+    State(s): State<HttpState>,
+    Query(q): Query<FeedQuery>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let pistes: Vec<String> = q
+        .piste
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(str::to_string)
+        .collect();
+    let sub = s.engine.feed().subscribe(pistes);
+    let stream = futures_util::stream::unfold(sub, |mut sub| async move {
+        let event = sub.next().await?;
+        let (name, data) = sse_parts(&event);
+        Some((Ok(Event::default().event(name).data(data.to_string())), sub))
+    });
+    Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentile_by_nearest_rank() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&v, 50.0), Some(3.0));
+        assert_eq!(percentile(&v, 95.0), Some(5.0));
+        assert_eq!(percentile(&v, 0.0), Some(1.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+}
