@@ -53,7 +53,11 @@ pub fn load(
             for fr in &mut frames {
                 fr.t = fr.frame as f64 / f;
             }
-            tracing::debug!(fps = f, frames = frames.len(), "inferred the workbook's frame rate");
+            tracing::debug!(
+                fps = f,
+                frames = frames.len(),
+                "inferred the workbook's frame rate"
+            );
             f
         }
     };

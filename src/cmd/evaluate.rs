@@ -173,7 +173,12 @@ fn cross_validate(phrases: &[Phrase]) -> CvReport {
         }
         let w = Weights::fit(&xs, &ys);
         fold_weights.insert(date.to_string(), w);
-        rows.extend(phrases.iter().filter(|p| p.date == date).map(|p| row_for(p, &w)));
+        rows.extend(
+            phrases
+                .iter()
+                .filter(|p| p.date == date)
+                .map(|p| row_for(p, &w)),
+        );
     }
     CvReport {
         overall: stats(rows.iter()),
@@ -195,8 +200,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .filter(|d| d.bytes().all(|b| b.is_ascii_digit()))
             .unwrap_or("unknown")
             .to_string();
-        let loaded = analyze::load(&dir.join("signal.txt"), &dir.join("keypoints.xlsx"), args.fps)
-            .map_err(|e| format!("{e:#}"));
+        let loaded = analyze::load(
+            &dir.join("signal.txt"),
+            &dir.join("keypoints.xlsx"),
+            args.fps,
+        )
+        .map_err(|e| format!("{e:#}"));
         if let Err(e) = &loaded {
             tracing::warn!(phrase = %name, "cannot analyse: {e}");
         }
@@ -209,7 +218,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             loaded,
         });
     }
-    let rows: Vec<Row> = phrases.iter().map(|p| row_for(p, &DEFAULT_WEIGHTS)).collect();
+    let rows: Vec<Row> = phrases
+        .iter()
+        .map(|p| row_for(p, &DEFAULT_WEIGHTS))
+        .collect();
     let mut confusion: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for r in &rows {
         *confusion
@@ -268,17 +280,25 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         line(d, s);
     }
     if let Some(cv) = &report.cv {
-        println!("\nleave-one-date-out cross-validation (weights refit without the held-out date):");
+        println!(
+            "\nleave-one-date-out cross-validation (weights refit without the held-out date):"
+        );
         line("LODO", &cv.overall);
         for (d, s) in &cv.per_date {
             line(d, s);
         }
         println!("fold weights (advance, run, first):");
         for (d, w) in &cv.fold_weights {
-            println!("  without {d}: {:.3} {:.3} {:.3}", w.advance, w.run, w.first);
+            println!(
+                "  without {d}: {:.3} {:.3} {:.3}",
+                w.advance, w.run, w.first
+            );
         }
         let w = cv.shipped_weights;
-        println!("  shipped (all dates): {:.3} {:.3} {:.3}", w.advance, w.run, w.first);
+        println!(
+            "  shipped (all dates): {:.3} {:.3} {:.3}",
+            w.advance, w.run, w.first
+        );
     }
     Ok(())
 }

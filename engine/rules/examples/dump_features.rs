@@ -6,7 +6,9 @@ use referee_rules::workbook::{infer_fps, read_workbook};
 use referee_rules::PhraseAnalyzer;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let dir = std::env::args().nth(1).ok_or("usage: dump_features PHRASES_DIR")?;
+    let dir = std::env::args()
+        .nth(1)
+        .ok_or("usage: dump_features PHRASES_DIR")?;
     let mut dirs: Vec<_> = std::fs::read_dir(&dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("signal.txt").is_file())
@@ -23,7 +25,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             an.push(f);
         }
         let dec = an.decide(&tl);
-        let name = d.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = d
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match &dec.features {
             Some(f) => println!(
                 "{name},{fps},{},{:.3},{:.4},{:.4},{:.4},{:.4},{},{:.4}",
@@ -36,7 +41,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 f.vector[2],
                 f.score
             ),
-            None => println!("{name},{fps},{},{:.3},,,,,,", dec.winner.name(), dec.confidence),
+            None => println!(
+                "{name},{fps},{},{:.3},,,,,,",
+                dec.winner.name(),
+                dec.confidence
+            ),
         }
     }
     Ok(())

@@ -220,7 +220,7 @@ struct Sample {
 }
 
 fn usable(p: &[f32; 3]) -> bool {
-    p[0].is_finite() && p[1].is_finite() && !(p[2] < MIN_KEYPOINT_CONF)
+    p[0].is_finite() && p[1].is_finite() && (p[2].is_nan() || p[2] >= MIN_KEYPOINT_CONF)
 }
 
 /// Median of the usable shoulder/hip/knee x values.
@@ -314,7 +314,11 @@ fn forward_series(s: &[Sample], side: Side) -> Option<Vec<f64>> {
     for &k in known.iter().skip(1) {
         let (t0, t1) = (s[prev].t, s[k].t);
         for (j, o) in out.iter_mut().enumerate().take(k + 1).skip(prev + 1) {
-            let a = if t1 > t0 { (s[j].t - t0) / (t1 - t0) } else { 1.0 };
+            let a = if t1 > t0 {
+                (s[j].t - t0) / (t1 - t0)
+            } else {
+                1.0
+            };
             *o = val(prev) + a * (val(k) - val(prev));
         }
         prev = k;
@@ -362,7 +366,11 @@ impl PhraseAnalyzer {
     /// A new analyzer for a video at `fps` frames per second (used for half-frame tolerances only;
     /// times come from the frames).
     pub fn new(fps: f64) -> Self {
-        let fps = if fps.is_finite() && fps > 0.0 { fps } else { 15.0 };
+        let fps = if fps.is_finite() && fps > 0.0 {
+            fps
+        } else {
+            15.0
+        };
         PhraseAnalyzer {
             fps,
             frame_width: None,
@@ -389,7 +397,10 @@ impl PhraseAnalyzer {
     /// order; non-finite times are ignored).
     pub fn push(&mut self, frame: &PoseFrame) {
         if !frame.t.is_finite() {
-            tracing::warn!(frame = frame.frame, "pose frame with a non-finite time ignored");
+            tracing::warn!(
+                frame = frame.frame,
+                "pose frame with a non-finite time ignored"
+            );
             return;
         }
         let mut x = [f32::NAN; 2];
@@ -452,7 +463,8 @@ impl PhraseAnalyzer {
         };
         for side in [Side::Left, Side::Right] {
             let i = side.index();
-            let f = forward_series(s, side).ok_or_else(|| format!("the {side} fencer is never seen"))?;
+            let f = forward_series(s, side)
+                .ok_or_else(|| format!("the {side} fencer is never seen"))?;
             m.advance[i] = (f[h] - f[a]) / scale;
             let (run, start) = advance_run(s, &f, scale);
             m.run[i] = run;
@@ -514,7 +526,8 @@ impl PhraseAnalyzer {
         };
         let (right_of_way, confidence) = match self.features_at(h) {
             Ok(m) => {
-                let z = DEFAULT_WEIGHTS.score(&[m.advance[0] - m.advance[1], m.run[0] - m.run[1], 0.0]);
+                let z =
+                    DEFAULT_WEIGHTS.score(&[m.advance[0] - m.advance[1], m.run[0] - m.run[1], 0.0]);
                 let p = sigmoid(z);
                 if z.abs() < UNCERTAIN_MARGIN {
                     (None, p.max(1.0 - p))
@@ -558,7 +571,9 @@ impl PhraseAnalyzer {
             return Decision {
                 winner: side.into(),
                 confidence: 1.0,
-                reason: format!("Single light: only the {side} fencer hit, so the {side} fencer scores."),
+                reason: format!(
+                    "Single light: only the {side} fencer hit, so the {side} fencer scores."
+                ),
                 evidence: ev.into_iter().collect(),
                 features: None,
             };
@@ -688,7 +703,9 @@ impl PhraseAnalyzer {
                 .map(Side::name)
                 .collect();
             let what = match moving.as_slice() {
-                [one] => format!("blade contact during {one}'s advance (beat by {one} or parry by the other)"),
+                [one] => format!(
+                    "blade contact during {one}'s advance (beat by {one} or parry by the other)"
+                ),
                 [_, _] => "blade contact while both advance".to_string(),
                 _ => "blade contact before either fencer's final advance".to_string(),
             };
@@ -770,7 +787,11 @@ fn reason_for(win: Side, f: &DoubleFeatures, w: &Weights) -> String {
     let body = if parts.is_empty() {
         "the combined evidence narrowly favours this side".to_string()
     } else {
-        parts.into_iter().map(|p| p.1).collect::<Vec<_>>().join("; ")
+        parts
+            .into_iter()
+            .map(|p| p.1)
+            .collect::<Vec<_>>()
+            .join("; ")
     };
     let mut reason = format!("Attack by {win}: {body}.");
     if let Some(c) = reason.get(..1) {
@@ -807,14 +828,26 @@ mod tests {
     /// A standing fencer whose body centre is at `x` (torso 1 unit tall), scaled by `k`.
     fn body(x: f32, k: f32) -> Keypoints {
         let mut kp = [[f32::NAN, f32::NAN, 0.0]; NUM_KEYPOINTS];
-        for (i, y) in [(5, 1.0), (6, 1.0), (11, 2.0), (12, 2.0), (13, 2.6), (14, 2.6)] {
+        for (i, y) in [
+            (5, 1.0),
+            (6, 1.0),
+            (11, 2.0),
+            (12, 2.0),
+            (13, 2.6),
+            (14, 2.6),
+        ] {
             kp[i] = [x * k, y * k, 0.9];
         }
         kp
     }
 
     /// 15 fps phrase: positions given per frame by `left(i)` and `right(i)`.
-    fn phrase(n: usize, k: f32, left: impl Fn(usize) -> f32, right: impl Fn(usize) -> f32) -> Vec<PoseFrame> {
+    fn phrase(
+        n: usize,
+        k: f32,
+        left: impl Fn(usize) -> f32,
+        right: impl Fn(usize) -> f32,
+    ) -> Vec<PoseFrame> {
         (0..n)
             .map(|i| PoseFrame {
                 frame: i as u64,
@@ -837,13 +870,23 @@ mod tests {
     #[test]
     fn attacker_beats_retreating_fencer_on_either_side() {
         // Left advances all phrase; right retreats then stops. Both hit at 2 s.
-        let frames = phrase(40, 1.0, |i| 1.0 + 0.12 * i as f32, |i| 8.0 + 0.03 * i.min(25) as f32);
+        let frames = phrase(
+            40,
+            1.0,
+            |i| 1.0 + 0.12 * i as f32,
+            |i| 8.0 + 0.03 * i.min(25) as f32,
+        );
         let d = analyze(&double_at(2.0, "Simultaneous valid hits!"), &frames, 15.0);
         assert_eq!(d.winner, Winner::Left, "{}", d.reason);
         assert!(d.confidence > 0.6, "{}", d.confidence);
         assert!(d.reason.starts_with("Attack by left"), "{}", d.reason);
         // Mirror the phrase: the right fencer attacks.
-        let mirrored = phrase(40, 1.0, |i| -8.0 - 0.03 * i.min(25) as f32, |i| -1.0 - 0.12 * i as f32);
+        let mirrored = phrase(
+            40,
+            1.0,
+            |i| -8.0 - 0.03 * i.min(25) as f32,
+            |i| -1.0 - 0.12 * i as f32,
+        );
         let d = analyze(&double_at(2.0, "Simultaneous valid hits!"), &mirrored, 15.0);
         assert_eq!(d.winner, Winner::Right, "{}", d.reason);
     }
@@ -878,7 +921,12 @@ mod tests {
     fn weak_or_missing_evidence_is_uncertain() {
         let tl = double_at(2.0, "Simultaneous valid hits!");
         // Mirror-image fencers: a perfect tie.
-        let tie = phrase(40, 1.0, |i| 1.0 + 0.05 * i as f32, |i| 9.0 - 0.05 * i as f32);
+        let tie = phrase(
+            40,
+            1.0,
+            |i| 1.0 + 0.05 * i as f32,
+            |i| 9.0 - 0.05 * i as f32,
+        );
         assert_eq!(analyze(&tl, &tie, 15.0).winner, Winner::Uncertain);
         // No frames at all.
         assert_eq!(analyze(&tl, &[], 15.0).winner, Winner::Uncertain);
@@ -909,7 +957,12 @@ mod tests {
 
     #[test]
     fn live_estimate_follows_the_phrase_and_out_of_order_frames() {
-        let frames = phrase(30, 100.0, |i| 1.0 + 0.15 * i as f32, |i| 9.0 + 0.05 * i as f32);
+        let frames = phrase(
+            30,
+            100.0,
+            |i| 1.0 + 0.15 * i as f32,
+            |i| 9.0 + 0.05 * i as f32,
+        );
         let mut a = PhraseAnalyzer::new(15.0);
         assert_eq!(a.live().left.action, "unseen");
         // Push with two frames swapped: the analyzer keeps time order.
@@ -925,7 +978,10 @@ mod tests {
         assert_eq!(live.right.action, "retreat", "{live:?}");
         assert!(live.left.speed > 1.0 && live.right.speed < -0.3, "{live:?}");
         let x = live.left.x.expect("visible");
-        assert!((x - 100.0 * (1.0 + 0.15 * 29.0) / 1280.0).abs() < 1e-4, "{x}");
+        assert!(
+            (x - 100.0 * (1.0 + 0.15 * 29.0) / 1280.0).abs() < 1e-4,
+            "{x}"
+        );
         assert_eq!(live.right_of_way, Some(Side::Left));
         // Same verdict as the offline path.
         let tl = double_at(1.9, "Simultaneous valid hits!");

@@ -168,8 +168,13 @@ impl Timeline {
                     left = true;
                     right = true;
                 }
-                EventKind::Hit { scorer: Side::Left, .. } => left = true,
-                EventKind::Hit { scorer: Side::Right, .. } => right = true,
+                EventKind::Hit {
+                    scorer: Side::Left, ..
+                } => left = true,
+                EventKind::Hit {
+                    scorer: Side::Right,
+                    ..
+                } => right = true,
                 _ => {}
             }
         }
@@ -273,7 +278,10 @@ fn parse_event(text: &str, line: usize, raw: &str) -> Result<EventKind, SignalEr
     }
     if let Some(rest) = text.strip_prefix("Off-Target:") {
         let rest = rest.trim();
-        if rest.trim_end_matches('.').eq_ignore_ascii_case("Blade-to-blade contact") {
+        if rest
+            .trim_end_matches('.')
+            .eq_ignore_ascii_case("Blade-to-blade contact")
+        {
             return Ok(EventKind::BladeContact);
         }
         return Ok(EventKind::OffTarget {
@@ -283,7 +291,13 @@ fn parse_event(text: &str, line: usize, raw: &str) -> Result<EventKind, SignalEr
     if let Some(rest) = text.strip_prefix("Lockout period started") {
         return parse_window(rest)
             .map(|window| EventKind::LockoutStarted { window })
-            .ok_or_else(|| malformed(line, raw, "expected `(0.200s window)` after `Lockout period started`"));
+            .ok_or_else(|| {
+                malformed(
+                    line,
+                    raw,
+                    "expected `(0.200s window)` after `Lockout period started`",
+                )
+            });
     }
     Ok(EventKind::Other {
         text: text.to_string(),
@@ -330,7 +344,11 @@ pub fn parse_signal(text: &str) -> Result<Timeline, SignalError> {
                     .is_some_and(|c| c.is_ascii_digit() || matches!(c, '.' | '-' | '+'));
             if looks_timed {
                 let t = parse_seconds(ts_trim).ok_or_else(|| {
-                    malformed(line, raw, "timestamp is not a non-negative number of seconds")
+                    malformed(
+                        line,
+                        raw,
+                        "timestamp is not a non-negative number of seconds",
+                    )
                 })?;
                 let kind = parse_event(rest, line, raw)?;
                 tl.events.push(Event { t, line, kind });
@@ -339,12 +357,20 @@ pub fn parse_signal(text: &str) -> Result<Timeline, SignalError> {
         }
         if let Some(rest) = s.strip_prefix("Lockout active") {
             let w = parse_window(rest).ok_or_else(|| {
-                malformed(line, raw, "expected `(0.130s window)` after `Lockout active`")
+                malformed(
+                    line,
+                    raw,
+                    "expected `(0.130s window)` after `Lockout active`",
+                )
             })?;
             tl.lockout_active_window = Some(w);
         } else if let Some(rest) = s.strip_prefix("Scores ->") {
             tl.scoreboard = Some(parse_scores(rest).ok_or_else(|| {
-                malformed(line, raw, "expected `Scores -> Fencer 1: HIT, Fencer 2: HIT`")
+                malformed(
+                    line,
+                    raw,
+                    "expected `Scores -> Fencer 1: HIT, Fencer 2: HIT`",
+                )
             })?);
         } else if s == "Phrase ended" {
             tl.phrase_ended = true;
@@ -364,12 +390,16 @@ pub fn parse_signal(text: &str) -> Result<Timeline, SignalError> {
                 tl.header.phrase_number = num;
                 tl.header.initialized_at = when;
             } else {
-                tl.other.push(OtherLine { line, text: s.to_string() });
+                tl.other.push(OtherLine {
+                    line,
+                    text: s.to_string(),
+                });
             }
         } else if let Some(rest) = s.strip_prefix("Audio cue duration:") {
-            tl.header.audio_cue_duration = Some(parse_seconds(rest).ok_or_else(|| {
-                malformed(line, raw, "expected `Audio cue duration: 2.75s`")
-            })?);
+            tl.header.audio_cue_duration = Some(
+                parse_seconds(rest)
+                    .ok_or_else(|| malformed(line, raw, "expected `Audio cue duration: 2.75s`"))?,
+            );
         } else if let Some(field) = [
             ("Audio cue executed at", 0),
             ("Start command issued at", 1),
@@ -379,7 +409,11 @@ pub fn parse_signal(text: &str) -> Result<Timeline, SignalError> {
         .find(|(p, _)| s.starts_with(p))
         {
             let when = after_at(s).ok_or_else(|| {
-                malformed(line, raw, "expected a `YYYY-MM-DD HH:MM:SS` date-time after `at`")
+                malformed(
+                    line,
+                    raw,
+                    "expected a `YYYY-MM-DD HH:MM:SS` date-time after `at`",
+                )
             })?;
             match field.1 {
                 0 => tl.header.audio_cue_at = Some(when),
@@ -388,7 +422,10 @@ pub fn parse_signal(text: &str) -> Result<Timeline, SignalError> {
             }
         } else {
             tracing::debug!(line, text = s, "signal log: unknown line kept as `other`");
-            tl.other.push(OtherLine { line, text: s.to_string() });
+            tl.other.push(OtherLine {
+                line,
+                text: s.to_string(),
+            });
         }
     }
     if tl.events.is_empty() {
@@ -461,21 +498,30 @@ Winner: Right
         assert!(tl.interpretation.is_some());
         assert_eq!(
             tl.events[5].kind,
-            EventKind::Hit { scorer: Side::Right, simultaneous: true }
+            EventKind::Hit {
+                scorer: Side::Right,
+                simultaneous: true
+            }
         );
     }
 
     #[test]
     fn single_light_from_scoreboard_and_from_hits() {
-        let tl = parse_signal(" 0.000s | Phrase recording started\n 1.2s | HIT: Right scores on Left!\n")
-            .expect("parses");
+        let tl = parse_signal(
+            " 0.000s | Phrase recording started\n 1.2s | HIT: Right scores on Left!\n",
+        )
+        .expect("parses");
         assert_eq!(tl.single_light(), Some(Side::Right));
         assert_eq!(tl.phrase_end(), Some(1.2));
         let tl = parse_signal(
             " 0.000s | Phrase recording started\n 1.2s | HIT: Simultaneous valid hits!\nScores -> Fencer 1: NO HIT, Fencer 2: HIT\n",
         )
         .expect("parses");
-        assert_eq!(tl.single_light(), Some(Side::Left), "scoreboard wins over HIT lines");
+        assert_eq!(
+            tl.single_light(),
+            Some(Side::Left),
+            "scoreboard wins over HIT lines"
+        );
     }
 
     #[test]
@@ -488,7 +534,9 @@ Winner: Right
         assert_eq!(tl.other[0].line, 1);
         assert_eq!(
             tl.events[1].kind,
-            EventKind::Other { text: "Pause requested".into() }
+            EventKind::Other {
+                text: "Pause requested".into()
+            }
         );
     }
 
@@ -506,18 +554,43 @@ Winner: Right
     fn malformed_lines_name_their_line() {
         let head = " 0.000s | Phrase recording started\n";
         assert_eq!(err_line(&format!("{head} 1.0s | HIT: Middle scores!\n")), 2);
-        assert_eq!(err_line(&format!("{head} -1.0s | Phrase recording ended\n")), 2);
-        assert_eq!(err_line(&format!("{head} 1.x2s | Phrase recording ended\n")), 2);
+        assert_eq!(
+            err_line(&format!("{head} -1.0s | Phrase recording ended\n")),
+            2
+        );
+        assert_eq!(
+            err_line(&format!("{head} 1.x2s | Phrase recording ended\n")),
+            2
+        );
         assert_eq!(err_line(&format!("{head}Lockout active (soon)\n")), 2);
-        assert_eq!(err_line(&format!("{head} 1.0s | Lockout period started\n")), 2);
-        assert_eq!(err_line(&format!("{head}\nScores -> Fencer 1: maybe, Fencer 2: HIT\n")), 3);
+        assert_eq!(
+            err_line(&format!("{head} 1.0s | Lockout period started\n")),
+            2
+        );
+        assert_eq!(
+            err_line(&format!(
+                "{head}\nScores -> Fencer 1: maybe, Fencer 2: HIT\n"
+            )),
+            3
+        );
         assert_eq!(err_line(&format!("{head}Scores -> Fencer 3: HIT\n")), 2);
-        assert_eq!(err_line(&format!("Phrase x initialized at 2025-10-20 20:59:20\n{head}")), 1);
-        assert_eq!(err_line(&format!("Recording started at yesterday\n{head}")), 1);
+        assert_eq!(
+            err_line(&format!(
+                "Phrase x initialized at 2025-10-20 20:59:20\n{head}"
+            )),
+            1
+        );
+        assert_eq!(
+            err_line(&format!("Recording started at yesterday\n{head}")),
+            1
+        );
         assert_eq!(err_line(&format!("{head}Audio cue duration: long\n")), 2);
         let e = parse_signal(&format!("{head} 1.0s | HIT: Middle scores!\n")).unwrap_err();
         let msg = e.to_string();
-        assert!(msg.contains("line 2") && msg.contains("Middle scores"), "{msg}");
+        assert!(
+            msg.contains("line 2") && msg.contains("Middle scores"),
+            "{msg}"
+        );
     }
 
     #[test]

@@ -79,10 +79,7 @@ pub const KNOWN_RATES: [f64; 2] = [15.0, 30.0];
 /// `n_frames / phrase_end` or `n_frames / first_hit`. `None` without a usable time or when no
 /// known rate is within 25 % (the rows then cover only part of the phrase).
 pub fn infer_fps(n_frames: usize, timeline: &crate::signal::Timeline) -> Option<f64> {
-    let spans = [
-        timeline.phrase_end(),
-        timeline.first_hit().map(|(t, _)| t),
-    ];
+    let spans = [timeline.phrase_end(), timeline.first_hit().map(|(t, _)| t)];
     let mut best: Option<(f64, f64)> = None;
     for span in spans.into_iter().flatten().filter(|s| *s > 0.0) {
         let rate = n_frames as f64 / span;
@@ -152,7 +149,9 @@ fn read_sheet(
     };
     let first_row = range.start().map(|(r, _)| r as usize).unwrap_or(0);
     let mut rows = range.rows();
-    let header = rows.next().ok_or_else(|| header_err("the sheet is empty".into()))?;
+    let header = rows
+        .next()
+        .ok_or_else(|| header_err("the sheet is empty".into()))?;
     let mut cols: [Option<usize>; NUM_KEYPOINTS] = [None; NUM_KEYPOINTS];
     for (c, cell) in header.iter().enumerate() {
         if let Some(k) = header_index(cell) {
@@ -213,7 +212,12 @@ pub fn read_workbook(path: &Path, fps: f64) -> Result<Vec<PoseFrame>, WorkbookEr
     let n = sheets.iter().map(Vec::len).max().unwrap_or(0);
     for (name, sheet) in SHEETS.iter().zip(&mut sheets) {
         if sheet.len() < n {
-            tracing::debug!(sheet = name, rows = sheet.len(), frames = n, "padding missing trailing rows");
+            tracing::debug!(
+                sheet = name,
+                rows = sheet.len(),
+                frames = n,
+                "padding missing trailing rows"
+            );
             sheet.resize(n, [f32::NAN; NUM_KEYPOINTS]);
         }
     }

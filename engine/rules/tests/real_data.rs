@@ -10,13 +10,18 @@ const FPS: f64 = 15.0;
 
 #[test]
 fn parses_every_real_signal_log() {
-    let Some(data) = common::shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let mut logs: Vec<_> = common::phrase_dirs(&data)
         .into_iter()
         .map(|d| d.join("signal.txt"))
         .collect();
     logs.push(data.join("3809_signal.txt"));
-    assert!(logs.len() >= 131, "expected the 130 phrases and the clip's log");
+    assert!(
+        logs.len() >= 131,
+        "expected the 130 phrases and the clip's log"
+    );
     let mut blade = 0;
     for p in &logs {
         let text = std::fs::read_to_string(p).expect("read log");
@@ -35,14 +40,19 @@ fn parses_every_real_signal_log() {
         // Every line form of the real logs is known: nothing falls back to `other`.
         assert!(tl.other.is_empty(), "{ctx}: unknown lines {:?}", tl.other);
         assert!(
-            !tl.events.iter().any(|e| matches!(e.kind, EventKind::Other { .. })),
+            !tl.events
+                .iter()
+                .any(|e| matches!(e.kind, EventKind::Other { .. })),
             "{ctx}: unknown events"
         );
         // Times never go backwards.
         assert!(tl.events.windows(2).all(|w| w[0].t <= w[1].t), "{ctx}");
         blade += tl.blade_contacts().count();
     }
-    assert!(blade > 100, "the real logs hold many blade contacts, found {blade}");
+    assert!(
+        blade > 100,
+        "the real logs hold many blade contacts, found {blade}"
+    );
 }
 
 /// Log, frames (timed at the inferred rate) and that rate.
@@ -66,7 +76,9 @@ fn load(dir: &std::path::Path) -> (referee_rules::signal::Timeline, Vec<PoseFram
 
 #[test]
 fn reads_every_real_workbook_aligned_with_its_log() {
-    let Some(data) = common::shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let mut rates = std::collections::BTreeMap::new();
     for dir in common::phrase_dirs(&data) {
         let (tl, frames, fps) = load_fps(&dir);
@@ -85,16 +97,36 @@ fn reads_every_real_workbook_aligned_with_its_log() {
             (span - end).abs() < 0.6 || (span - hit).abs() < 0.6,
             "{ctx}: {span:.2} s of frames at {fps} fps vs hit {hit:.2} s, end {end:.2} s"
         );
-        let both = frames.iter().filter(|f| f.left.is_some() && f.right.is_some()).count();
-        assert!(both * 2 >= frames.len(), "{ctx}: both fencers seen in only {both} frames");
-        let f = frames.iter().find(|f| f.left.is_some() && f.right.is_some()).expect("a frame");
+        let both = frames
+            .iter()
+            .filter(|f| f.left.is_some() && f.right.is_some())
+            .count();
+        assert!(
+            both * 2 >= frames.len(),
+            "{ctx}: both fencers seen in only {both} frames"
+        );
+        let f = frames
+            .iter()
+            .find(|f| f.left.is_some() && f.right.is_some())
+            .expect("a frame");
         let (l, r) = (f.left.expect("left"), f.right.expect("right"));
-        assert!(l[11][0] < r[11][0], "{ctx}: the left fencer's hip is left of the right one's");
+        assert!(
+            l[11][0] < r[11][0],
+            "{ctx}: the left fencer's hip is left of the right one's"
+        );
     }
     println!("inferred frame rates: {rates:?}");
-    assert_eq!(rates.len(), 2, "both the 15 fps and the 30 fps captures are present: {rates:?}");
+    assert_eq!(
+        rates.len(),
+        2,
+        "both the 15 fps and the 30 fps captures are present: {rates:?}"
+    );
     let frames = read_workbook(&data.join("3809_keypoints.xlsx"), 30.0).expect("clip workbook");
-    assert!(frames.len() >= 50, "clip workbook has {} frames", frames.len());
+    assert!(
+        frames.len() >= 50,
+        "clip workbook has {} frames",
+        frames.len()
+    );
 }
 
 fn scaled(frames: &[PoseFrame], k: f32) -> Vec<PoseFrame> {
@@ -109,13 +141,19 @@ fn scaled(frames: &[PoseFrame], k: f32) -> Vec<PoseFrame> {
     };
     frames
         .iter()
-        .map(|f| PoseFrame { left: sc(&f.left), right: sc(&f.right), ..f.clone() })
+        .map(|f| PoseFrame {
+            left: sc(&f.left),
+            right: sc(&f.right),
+            ..f.clone()
+        })
         .collect()
 }
 
 #[test]
 fn real_verdicts_are_scale_invariant() {
-    let Some(data) = common::shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let mut decided = 0;
     for dir in common::phrase_dirs(&data) {
         let (tl, frames) = load(&dir);
@@ -138,12 +176,18 @@ fn real_verdicts_are_scale_invariant() {
 
 #[test]
 fn real_verdicts_explain_themselves() {
-    let Some(data) = common::shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     for dir in common::phrase_dirs(&data) {
         let (tl, frames) = load(&dir);
         let d = analyze(&tl, &frames, FPS);
         let ctx = dir.display();
-        assert!((0.5..=1.0).contains(&d.confidence), "{ctx}: confidence {}", d.confidence);
+        assert!(
+            (0.5..=1.0).contains(&d.confidence),
+            "{ctx}: confidence {}",
+            d.confidence
+        );
         assert!(d.reason.len() > 20, "{ctx}: reason {:?}", d.reason);
         if d.winner != Winner::Uncertain {
             let f = d.features.as_ref().expect("features for a double");
@@ -160,7 +204,9 @@ fn real_verdicts_explain_themselves() {
 /// Regression guard on the real labels (evaluation only: the label is read after deciding).
 #[test]
 fn accuracy_on_real_phrases_stays_above_chance() {
-    let Some(data) = common::shared_data() else { return };
+    let Some(data) = common::shared_data() else {
+        return;
+    };
     let (mut n, mut ok) = (0, 0);
     for dir in common::phrase_dirs(&data) {
         let (tl, frames) = load(&dir);

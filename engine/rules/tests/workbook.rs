@@ -13,8 +13,11 @@ enum Cell {
     Empty,
 }
 
+/// A sheet to write: name, header row, data rows.
+type Sheet = (&'static str, Vec<String>, Vec<Vec<Cell>>);
+
 /// Writes `sheets` (name, header, rows) to a workbook in `dir`.
-fn write(dir: &Path, file: &str, sheets: &[(&str, Vec<String>, Vec<Vec<Cell>>)]) -> PathBuf {
+fn write(dir: &Path, file: &str, sheets: &[Sheet]) -> PathBuf {
     let mut wb = Workbook::new();
     for (name, header, rows) in sheets {
         let ws = wb.add_worksheet();
@@ -48,11 +51,15 @@ fn header(prefix: &str) -> Vec<String> {
 
 fn rows(n: usize, base: f64) -> Vec<Vec<Cell>> {
     (0..n)
-        .map(|i| (0..17).map(|k| Cell::Num(base + i as f64 * 0.1 + k as f64 * 0.01)).collect())
+        .map(|i| {
+            (0..17)
+                .map(|k| Cell::Num(base + i as f64 * 0.1 + k as f64 * 0.01))
+                .collect()
+        })
         .collect()
 }
 
-fn four(names: [&'static str; 4], prefix: &str, n: usize) -> Vec<(&'static str, Vec<String>, Vec<Vec<Cell>>)> {
+fn four(names: [&'static str; 4], prefix: &str, n: usize) -> Vec<Sheet> {
     names
         .iter()
         .zip([1.0, 3.0, 6.0, 3.0])
@@ -84,17 +91,27 @@ fn reads_both_layouts_with_missing_cells() {
     let f = read_workbook(&p, 30.0).expect("Left_X layout");
     assert_eq!(f.len(), 3);
     let l = f[0].left.expect("left");
-    assert!(l[5][0].is_nan() && l[5][2] == 0.0, "NaN cell is a missing keypoint");
+    assert!(
+        l[5][0].is_nan() && l[5][2] == 0.0,
+        "NaN cell is a missing keypoint"
+    );
     assert!(l[6][0].is_nan(), "empty y makes the keypoint missing");
     assert!(l[7][0].is_finite());
-    assert!(f[2].right.is_none(), "a row with no right keypoint has no right fencer");
+    assert!(
+        f[2].right.is_none(),
+        "a row with no right keypoint has no right fencer"
+    );
     assert!(f[2].left.is_some());
 }
 
 fn expect_err(p: &Path) -> WorkbookError {
     match read_workbook(p, 15.0) {
         Err(e) => e,
-        Ok(f) => panic!("expected an error for {}, got {} frames", p.display(), f.len()),
+        Ok(f) => panic!(
+            "expected an error for {}, got {} frames",
+            p.display(),
+            f.len()
+        ),
     }
 }
 
@@ -104,7 +121,16 @@ fn missing_sheet_is_named() {
     let mut s = four(LOWER, "kp_", 4);
     s.remove(3);
     let e = expect_err(&write(dir.path(), "m.xlsx", &s));
-    assert!(matches!(e, WorkbookError::MissingSheet { sheet: "right_y", .. }), "{e}");
+    assert!(
+        matches!(
+            e,
+            WorkbookError::MissingSheet {
+                sheet: "right_y",
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert!(e.to_string().contains("right_y"));
 }
 
@@ -116,7 +142,10 @@ fn missing_column_is_named() {
     let e = expect_err(&write(dir.path(), "c.xlsx", &s));
     let msg = e.to_string();
     assert!(matches!(e, WorkbookError::Header { .. }), "{msg}");
-    assert!(msg.contains("left_y") && msg.contains("keypoint 7"), "{msg}");
+    assert!(
+        msg.contains("left_y") && msg.contains("keypoint 7"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -126,7 +155,13 @@ fn text_cell_is_named_with_row_and_column() {
     s[2].2[1][3] = Cell::Text("oops");
     let e = expect_err(&write(dir.path(), "t.xlsx", &s));
     match &e {
-        WorkbookError::Cell { sheet, row, column, value, .. } => {
+        WorkbookError::Cell {
+            sheet,
+            row,
+            column,
+            value,
+            ..
+        } => {
             assert_eq!(sheet, "right_x");
             assert_eq!(*row, 3, "header is row 1, frame 1 is row 3");
             assert_eq!(column, "kp_3");
@@ -145,7 +180,10 @@ fn shorter_sheets_are_trailing_missing_frames() {
     let f = read_workbook(&write(dir.path(), "r.xlsx", &s), 15.0).expect("padded");
     assert_eq!(f.len(), 4);
     assert!(f[1].right.is_some());
-    assert!(f[2].right.is_none(), "right_y ends at row 2: no right fencer in frame 2");
+    assert!(
+        f[2].right.is_none(),
+        "right_y ends at row 2: no right fencer in frame 2"
+    );
     assert!(f[3].right.is_none() && f[3].left.is_some());
 }
 
@@ -159,6 +197,12 @@ fn non_workbook_and_bad_fps_are_errors() {
     let e = expect_err(&dir.path().join("absent.xlsx"));
     assert!(matches!(e, WorkbookError::Open { .. }), "{e}");
     let good = write(dir.path(), "g.xlsx", &four(LOWER, "kp_", 2));
-    assert!(matches!(read_workbook(&good, 0.0), Err(WorkbookError::Fps(_))));
-    assert!(matches!(read_workbook(&good, f64::NAN), Err(WorkbookError::Fps(_))));
+    assert!(matches!(
+        read_workbook(&good, 0.0),
+        Err(WorkbookError::Fps(_))
+    ));
+    assert!(matches!(
+        read_workbook(&good, f64::NAN),
+        Err(WorkbookError::Fps(_))
+    ));
 }
