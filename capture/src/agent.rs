@@ -1,1 +1,1020 @@
-//! (in progress)
+//! The capture agent's network side: streams frames to the daemon over QUIC, sends the scoring
+//! box's signal log, and returns the verdict; reconnects and resumes the session on loss.
+//!
+//! Protocol (one connection at a time):
+//! 1. connect (ALPN `referee/1`), open ONE bidirectional control stream;
+//! 2. `Hello{Capture, token}` -> `Welcome` (or `Error`);
+//! 3. `SessionStart{resume}` -> `SessionStarted{ack}` (on resume the ack is cumulative: the agent
+//!    resends every frame of its ring that the ack does not cover);
+//! 4. each frame on its own unidirectional stream; `Ack`s arrive on the control stream;
+//! 5. after the last frame: `Signal` -> `SignalAck` -> `Verdict`; then `End` -> `SessionEnded`.
+//!
+//! In watch mode ([`SignalInput::Watch`]) the agent streams continuously and sends a `Signal`
+//! (phrase 0, 1, 2, ...) each time the scoring box writes a new log into the folder.
+
+use crate::encode::{encode, EncodeError, Encoding};
+use crate::pacing::{Pacer, Pacing};
+use crate::source::{FrameSource, SourceError, SourceInfo};
+use referee_transport::messages::{
+    Ack, ClientMsg, ErrorCode, ErrorMsg, FrameEncoding, FrameHeader, LiveState, Role, ServerMsg,
+    SessionStart, SessionStats, Signal, UndistortHint, VerdictReport,
+};
+use referee_transport::quinn;
+use referee_transport::{read_msg, send_frame, write_msg, TransportError, Trust};
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+
+/// Everything the agent needs besides its frame source and signal.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// Daemon's QUIC address.
+    pub server: SocketAddr,
+    /// Name the server certificate is checked against (CA mode); "localhost" for loopback.
+    pub server_name: String,
+    /// How the daemon's identity is trusted.
+    pub trust: Trust,
+    /// Capture token (empty when the daemon runs open on loopback).
+    pub token: String,
+    /// Session identifier (unique per phrase or bout).
+    pub session_id: String,
+    /// Piste identifier.
+    pub piste: String,
+    /// Camera identifier.
+    pub camera: String,
+    /// Wire encoding of frames.
+    pub encoding: Encoding,
+    /// Real-time or as fast as possible.
+    pub pacing: Pacing,
+    /// Frame rate announced to the daemon; `None` = the source's.
+    pub fps: Option<f32>,
+    /// Fisheye hint sent with the session start.
+    pub undistort: Option<UndistortHint>,
+    /// Un-acknowledged frames kept for resending after a reconnect.
+    pub ring_capacity: usize,
+    /// Frame streams in flight at once.
+    pub max_inflight: usize,
+    /// Consecutive failed connection attempts before giving up.
+    pub max_retries: u32,
+    /// First reconnect delay; doubles up to `backoff_max`.
+    pub backoff_initial: Duration,
+    /// Longest reconnect delay.
+    pub backoff_max: Duration,
+    /// Time allowed for the handshake, `Welcome` and `SessionStarted`.
+    pub handshake_timeout: Duration,
+    /// Time allowed, after the last frame, for the acks to cover every frame.
+    pub ack_timeout: Duration,
+    /// Time allowed from sending a signal to receiving its verdict.
+    pub verdict_timeout: Duration,
+    /// Largest control message accepted from the daemon.
+    pub max_message_bytes: usize,
+    /// Set to true to stop capturing (Ctrl-C); the agent then ends the session cleanly.
+    pub stop: Arc<AtomicBool>,
+    /// Client description sent in `Hello`.
+    pub client_name: String,
+}
+
+impl AgentConfig {
+    /// A configuration with sensible defaults for `server`.
+    pub fn new(server: SocketAddr, trust: Trust, session_id: impl Into<String>) -> Self {
+        AgentConfig {
+            server,
+            server_name: "localhost".into(),
+            trust,
+            token: String::new(),
+            session_id: session_id.into(),
+            piste: "piste-1".into(),
+            camera: "camera-0".into(),
+            encoding: Encoding::default(),
+            pacing: Pacing::AsFastAsPossible,
+            fps: None,
+            undistort: None,
+            ring_capacity: 512,
+            max_inflight: 16,
+            max_retries: 8,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+            handshake_timeout: Duration::from_secs(10),
+            ack_timeout: Duration::from_secs(20),
+            verdict_timeout: Duration::from_secs(60),
+            max_message_bytes: 4 << 20,
+            stop: Arc::new(AtomicBool::new(false)),
+            client_name: format!("referee-capture/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// The scoring box's signal log(s).
+#[derive(Debug, Clone)]
+pub enum SignalInput {
+    /// One log, sent after the last frame (the clip is one phrase).
+    Once { filename: String, bytes: Vec<u8> },
+    /// Watch a folder: each new log closes a phrase (continuous mode).
+    Watch { dir: PathBuf, poll: Duration },
+}
+
+impl SignalInput {
+    /// Reads a signal log file (refusing files above `max_bytes`).
+    pub fn from_file(path: &Path, max_bytes: usize) -> Result<Self, AgentError> {
+        let bytes = std::fs::read(path).map_err(|e| AgentError::Signal {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?;
+        if bytes.len() > max_bytes {
+            return Err(AgentError::Signal {
+                path: path.to_path_buf(),
+                reason: format!("{} bytes, more than the {max_bytes} allowed", bytes.len()),
+            });
+        }
+        let filename = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "signal.txt".into());
+        Ok(SignalInput::Once { filename, bytes })
+    }
+
+    /// Watches `dir` for new logs (it must exist and be a folder).
+    pub fn watch(dir: &Path) -> Result<Self, AgentError> {
+        if !dir.is_dir() {
+            return Err(AgentError::Signal {
+                path: dir.to_path_buf(),
+                reason: "not a readable folder".into(),
+            });
+        }
+        Ok(SignalInput::Watch {
+            dir: dir.to_path_buf(),
+            poll: Duration::from_millis(200),
+        })
+    }
+}
+
+/// Counters of the agent.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct AgentStats {
+    /// Frames taken from the source.
+    pub frames_captured: u64,
+    /// Frame streams written (resends included).
+    pub frames_sent: u64,
+    /// Frames the daemon acknowledged (cumulative).
+    pub frames_acked: u64,
+    /// Frames resent after a reconnect.
+    pub frames_resent: u64,
+    /// Image bytes written (resends included).
+    pub bytes_sent: u64,
+    /// Frames captured per second since the start.
+    pub fps: f64,
+    /// Megabytes per second written since the start.
+    pub mb_per_s: f64,
+    /// Un-acked frames held in the ring.
+    pub queue: u64,
+    /// Daemon's pipeline queue depth (from its last Progress).
+    pub server_queue: u32,
+    /// Successful reconnects.
+    pub reconnects: u32,
+    /// Frames never acknowledged because the ring overflowed while the daemon was unreachable.
+    pub lost: u64,
+    /// Seconds since the start.
+    pub elapsed_s: f64,
+}
+
+/// What the agent returns.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AgentOutcome {
+    /// The (last) verdict, when a signal was sent.
+    pub verdict: Option<VerdictReport>,
+    /// Every verdict received, in order (several in watch mode).
+    pub verdicts: Vec<VerdictReport>,
+    /// Agent counters.
+    pub stats: AgentStats,
+    /// The daemon's counters from `SessionEnded`, if it arrived.
+    pub server_stats: Option<SessionStats>,
+}
+
+/// Receives progress while the agent runs (a progress bar, log lines, or nothing).
+pub trait ProgressSink: Send {
+    /// Called about four times a second and on notable changes.
+    fn update(&mut self, _stats: &AgentStats) {}
+    /// A notable event, as a sentence (connected, reconnecting, signal sent...).
+    fn message(&mut self, _text: &str) {}
+    /// A verdict arrived.
+    fn verdict(&mut self, _verdict: &VerdictReport) {}
+    /// Live state from the daemon.
+    fn live(&mut self, _live: &LiveState) {}
+}
+
+/// A sink that ignores everything.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoProgress;
+impl ProgressSink for NoProgress {}
+
+impl<S: ProgressSink + ?Sized> ProgressSink for &mut S {
+    fn update(&mut self, s: &AgentStats) {
+        (**self).update(s)
+    }
+    fn message(&mut self, t: &str) {
+        (**self).message(t)
+    }
+    fn verdict(&mut self, v: &VerdictReport) {
+        (**self).verdict(v)
+    }
+    fn live(&mut self, l: &LiveState) {
+        (**self).live(l)
+    }
+}
+
+/// Errors that end the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The frame source failed.
+    #[error("frame source: {0}")]
+    Source(#[from] SourceError),
+    /// A frame could not be encoded.
+    #[error("encoding: {0}")]
+    Encode(#[from] EncodeError),
+    /// A transport failure that retrying cannot cure (TLS identity, version, configuration).
+    #[error("{0}")]
+    Transport(#[from] TransportError),
+    /// The daemon refused with a non-recoverable error.
+    #[error("the daemon refused: {code:?}: {message}")]
+    Server { code: ErrorCode, message: String },
+    /// The signal log could not be read.
+    #[error("signal log {path}: {reason}")]
+    Signal { path: PathBuf, reason: String },
+    /// Invalid agent settings.
+    #[error("invalid agent setting: {0}")]
+    Config(String),
+    /// The daemon answered something the protocol does not allow here.
+    #[error("protocol error: {0}")]
+    Protocol(String),
+    /// The daemon stayed unreachable.
+    #[error("gave up after {attempts} failed connection attempts; last error: {last}")]
+    GaveUp { attempts: u32, last: String },
+    /// No verdict arrived in time.
+    #[error("no verdict for phrase {phrase} within {after:?} of sending the signal")]
+    VerdictTimeout { phrase: u32, after: Duration },
+}
+
+impl AgentError {
+    /// Process exit code for this error (2 usage/input, 3 network/TLS, 4 refused by the daemon,
+    /// 5 timeout).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AgentError::Source(_) | AgentError::Signal { .. } | AgentError::Config(_) => 2,
+            AgentError::Encode(_) => 2,
+            AgentError::Transport(_) | AgentError::GaveUp { .. } => 3,
+            AgentError::Server { .. } | AgentError::Protocol(_) => 4,
+            AgentError::VerdictTimeout { .. } => 5,
+        }
+    }
+}
+
+/// An encoded frame ready for the wire.
+#[derive(Debug, Clone)]
+struct OutFrame {
+    frame: u64,
+    capture_ts_us: u64,
+    encoding: FrameEncoding,
+    bytes: Arc<Vec<u8>>,
+}
+
+/// Why one connection ended.
+enum Failure {
+    /// Reconnect and resume (the reason is logged).
+    Retry(String),
+    /// Stop with this error.
+    Fatal(AgentError),
+}
+
+impl From<TransportError> for Failure {
+    fn from(e: TransportError) -> Self {
+        if e.is_retryable() {
+            Failure::Retry(e.to_string())
+        } else {
+            Failure::Fatal(AgentError::Transport(e))
+        }
+    }
+}
+
+/// Server errors that concern one frame or a transient condition: logged, not fatal.
+fn error_is_per_frame(code: ErrorCode) -> bool {
+    matches!(code, ErrorCode::BadFrame | ErrorCode::FrameTooLarge)
+}
+
+fn ack_covers(ack: &Ack, n: u64) -> bool {
+    n < ack.next_expected || ack.received_ranges.iter().any(|&(a, b)| a <= n && n < b)
+}
+
+fn ack_count(ack: &Ack) -> u64 {
+    ack.next_expected
+        + ack
+            .received_ranges
+            .iter()
+            .filter(|(a, b)| b > a && *a >= ack.next_expected)
+            .map(|(a, b)| b - a)
+            .sum::<u64>()
+}
+
+/// State that survives reconnects.
+struct State {
+    started: Instant,
+    stats: AgentStats,
+    /// Un-acked frames, in frame order.
+    ring: VecDeque<OutFrame>,
+    /// Frames evicted from the ring before being acked.
+    evicted: Vec<u64>,
+    last_ack: Ack,
+    /// Frames captured so far (the next frame number).
+    next_frame: u64,
+    first_ts_us: Option<u64>,
+    producer_done: bool,
+    session_started_once: bool,
+    /// Connections that reached `SessionStarted`.
+    sessions_started: u32,
+    /// Signals sent (phrase, message) still waiting for their verdict.
+    pending_signals: Vec<(u32, Signal, Instant)>,
+    next_phrase: u32,
+    once_signal: Option<(String, Vec<u8>)>,
+    once_signal_sent: bool,
+    all_sent_at: Option<Instant>,
+    end_sent: bool,
+    verdicts: Vec<VerdictReport>,
+    server_stats: Option<SessionStats>,
+    done: bool,
+}
+
+impl State {
+    fn apply_ack(&mut self, ack: Ack) {
+        self.ring.retain(|f| !ack_covers(&ack, f.frame));
+        self.stats.frames_acked = self.stats.frames_acked.max(ack_count(&ack));
+        self.last_ack = ack;
+        self.stats.queue = self.ring.len() as u64;
+    }
+
+    fn push_ring(&mut self, f: OutFrame, capacity: usize) {
+        while self.ring.len() >= capacity.max(1) {
+            if let Some(old) = self.ring.pop_front() {
+                self.evicted.push(old.frame);
+            }
+        }
+        self.ring.push_back(f);
+        self.stats.queue = self.ring.len() as u64;
+    }
+
+    fn refresh(&mut self) {
+        let t = self.started.elapsed().as_secs_f64();
+        self.stats.elapsed_s = t;
+        if t > 0.0 {
+            self.stats.fps = self.stats.frames_captured as f64 / t;
+            self.stats.mb_per_s = self.stats.bytes_sent as f64 / t / 1e6;
+        }
+        self.stats.lost = self
+            .evicted
+            .iter()
+            .filter(|&&n| !ack_covers(&self.last_ack, n))
+            .count() as u64;
+    }
+
+    /// All captured frames are acknowledged.
+    fn all_acked(&self) -> bool {
+        self.ring.is_empty()
+    }
+}
+
+/// Streams `source` to the daemon, sends `signal`, and returns the verdict and statistics.
+pub async fn run_agent(
+    cfg: AgentConfig,
+    source: Box<dyn FrameSource>,
+    signal: Option<SignalInput>,
+    mut progress: impl ProgressSink,
+) -> Result<AgentOutcome, AgentError> {
+    if cfg.ring_capacity == 0 || cfg.max_inflight == 0 {
+        return Err(AgentError::Config(
+            "ring capacity and frames in flight must be at least 1".into(),
+        ));
+    }
+    if cfg.session_id.is_empty() {
+        return Err(AgentError::Config(
+            "the session id must not be empty".into(),
+        ));
+    }
+    let info = source.info().clone();
+    let pacer = Pacer::new(cfg.pacing).map_err(|e| AgentError::Config(e.to_string()))?;
+    let endpoint = referee_transport::client_endpoint_for(&cfg.trust, cfg.server)?;
+    let (frame_tx, mut frame_rx) = mpsc::channel::<Result<OutFrame, AgentError>>(4);
+    let producer = spawn_producer(source, cfg.encoding, pacer, cfg.stop.clone(), frame_tx);
+
+    let (mut watch_rx, once_signal) = match signal {
+        Some(SignalInput::Watch { dir, poll }) => {
+            (Some(spawn_watcher(dir, poll, cfg.stop.clone())?), None)
+        }
+        Some(SignalInput::Once { filename, bytes }) => (None, Some((filename, bytes))),
+        None => (None, None),
+    };
+
+    let mut st = State {
+        started: Instant::now(),
+        stats: AgentStats::default(),
+        ring: VecDeque::new(),
+        evicted: Vec::new(),
+        last_ack: Ack::default(),
+        next_frame: 0,
+        first_ts_us: None,
+        producer_done: false,
+        session_started_once: false,
+        sessions_started: 0,
+        pending_signals: Vec::new(),
+        next_phrase: 0,
+        once_signal,
+        once_signal_sent: false,
+        all_sent_at: None,
+        end_sent: false,
+        verdicts: Vec::new(),
+        server_stats: None,
+        done: false,
+    };
+
+    let realtime = matches!(cfg.pacing, Pacing::RealTime { .. });
+    let mut failures = 0u32;
+    let mut delay = cfg.backoff_initial;
+    let result = loop {
+        let acked_before = st.stats.frames_acked;
+        let starts_before = st.sessions_started;
+        let outcome = connection(
+            &endpoint,
+            &cfg,
+            &info,
+            &mut st,
+            &mut frame_rx,
+            &mut watch_rx,
+            &mut progress,
+        )
+        .await;
+        match outcome {
+            Ok(()) => break Ok(()),
+            Err(Failure::Fatal(e)) => break Err(e),
+            Err(Failure::Retry(reason)) => {
+                // A connection that made progress resets the failure count and the delay.
+                if st.stats.frames_acked > acked_before || st.sessions_started > starts_before {
+                    failures = 0;
+                    delay = cfg.backoff_initial;
+                }
+                failures += 1;
+                if failures > cfg.max_retries {
+                    break Err(AgentError::GaveUp {
+                        attempts: failures,
+                        last: reason,
+                    });
+                }
+                let text = format!(
+                    "connection lost ({reason}); reconnecting in {} ms (attempt {failures}/{})",
+                    delay.as_millis(),
+                    cfg.max_retries
+                );
+                tracing::warn!("{text}");
+                progress.message(&text);
+                // Keep capturing while waiting when pacing is real time (like a live camera):
+                // the ring holds what it can and counts what it must drop.
+                let until = tokio::time::Instant::now() + delay;
+                loop {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(until) => break,
+                        f = frame_rx.recv(), if realtime && !st.producer_done => {
+                            if let Err(e) = take_frame(&mut st, f, cfg.ring_capacity) {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+                delay = (delay * 2).min(cfg.backoff_max);
+            }
+        }
+    };
+    cfg.stop.store(true, Ordering::Relaxed);
+    drop(frame_rx);
+    let _ = producer.await;
+    endpoint.close(referee_transport::CLOSE_OK, b"agent done");
+    // Let the close frame leave (bounded).
+    let _ = tokio::time::timeout(Duration::from_millis(500), endpoint.wait_idle()).await;
+    st.refresh();
+    progress.update(&st.stats);
+    result?;
+    if st.stats.lost > 0 {
+        let text = format!(
+            "{} frames were lost: the ring of {} frames overflowed while the daemon was unreachable",
+            st.stats.lost, cfg.ring_capacity
+        );
+        tracing::warn!("{text}");
+        progress.message(&text);
+    }
+    Ok(AgentOutcome {
+        verdict: st.verdicts.last().cloned(),
+        verdicts: st.verdicts,
+        stats: st.stats,
+        server_stats: st.server_stats,
+    })
+}
+
+/// Records a frame from the producer in the ring. Returns it for sending.
+fn take_frame(
+    st: &mut State,
+    f: Option<Result<OutFrame, AgentError>>,
+    capacity: usize,
+) -> Result<Option<OutFrame>, AgentError> {
+    match f {
+        None => {
+            st.producer_done = true;
+            Ok(None)
+        }
+        Some(Err(e)) => Err(e),
+        Some(Ok(frame)) => {
+            st.stats.frames_captured += 1;
+            st.next_frame = frame.frame + 1;
+            st.first_ts_us.get_or_insert(frame.capture_ts_us);
+            st.push_ring(frame.clone(), capacity);
+            Ok(Some(frame))
+        }
+    }
+}
+
+fn spawn_producer(
+    mut source: Box<dyn FrameSource>,
+    encoding: Encoding,
+    mut pacer: Pacer,
+    stop: Arc<AtomicBool>,
+    tx: mpsc::Sender<Result<OutFrame, AgentError>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::task::spawn_blocking(move || {
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            pacer.wait_blocking();
+            let item = match source.next_frame() {
+                Ok(None) => break,
+                Ok(Some(frame)) => match encode(&frame, encoding) {
+                    Ok((enc, bytes)) => Ok(OutFrame {
+                        frame: n,
+                        capture_ts_us: frame.capture_ts_us,
+                        encoding: enc,
+                        bytes: Arc::new(bytes),
+                    }),
+                    Err(e) => Err(AgentError::Encode(e)),
+                },
+                Err(e) => Err(AgentError::Source(e)),
+            };
+            let failed = item.is_err();
+            if tx.blocking_send(item).is_err() || failed {
+                break;
+            }
+            n += 1;
+        }
+    })
+}
+
+/// Polls `dir` and yields each new file (present neither at start nor before) once its size is
+/// stable across two polls.
+fn spawn_watcher(
+    dir: PathBuf,
+    poll: Duration,
+    stop: Arc<AtomicBool>,
+) -> Result<mpsc::Receiver<(String, Vec<u8>)>, AgentError> {
+    let list = |dir: &Path| -> std::io::Result<Vec<(PathBuf, u64)>> {
+        let mut v = Vec::new();
+        for e in std::fs::read_dir(dir)? {
+            let e = e?;
+            let md = e.metadata()?;
+            if md.is_file() {
+                v.push((e.path(), md.len()));
+            }
+        }
+        v.sort();
+        Ok(v)
+    };
+    let initial = list(&dir).map_err(|e| AgentError::Signal {
+        path: dir.clone(),
+        reason: e.to_string(),
+    })?;
+    let mut seen: HashSet<PathBuf> = initial.into_iter().map(|(p, _)| p).collect();
+    let (tx, rx) = mpsc::channel(16);
+    tokio::spawn(async move {
+        let mut sizes: std::collections::HashMap<PathBuf, u64> = Default::default();
+        while !stop.load(Ordering::Relaxed) && !tx.is_closed() {
+            tokio::time::sleep(poll).await;
+            let Ok(files) = list(&dir) else { continue };
+            for (path, len) in files {
+                if seen.contains(&path) {
+                    continue;
+                }
+                let stable = sizes.get(&path) == Some(&len) && len > 0;
+                if !stable {
+                    sizes.insert(path, len);
+                    continue;
+                }
+                sizes.remove(&path);
+                seen.insert(path.clone());
+                match std::fs::read(&path) {
+                    Ok(bytes) => {
+                        let name = path
+                            .file_name()
+                            .map(|n| n.to_string_lossy().into_owned())
+                            .unwrap_or_default();
+                        if tx.send((name, bytes)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(path = %path.display(), error = %e, "cannot read new signal log")
+                    }
+                }
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Reads one message within `timeout`, skipping Progress/Live/Feed/Ack notifications.
+async fn expect_reply(
+    recv: &mut quinn::RecvStream,
+    st: &mut State,
+    cfg: &AgentConfig,
+    what: &'static str,
+) -> Result<ServerMsg, Failure> {
+    let deadline = tokio::time::Instant::now() + cfg.handshake_timeout;
+    loop {
+        let msg = match tokio::time::timeout_at(
+            deadline,
+            read_msg::<ServerMsg>(recv, cfg.max_message_bytes),
+        )
+        .await
+        {
+            Err(_) => {
+                return Err(Failure::Retry(format!(
+                    "no {what} within {:?}",
+                    cfg.handshake_timeout
+                )))
+            }
+            Ok(r) => r?,
+        };
+        match msg {
+            None => {
+                return Err(Failure::Retry(format!(
+                    "the daemon closed the control stream before {what}"
+                )))
+            }
+            Some(ServerMsg::Ack { ack, .. }) => st.apply_ack(ack),
+            Some(
+                ServerMsg::Progress { .. }
+                | ServerMsg::Live(_)
+                | ServerMsg::Feed(_)
+                | ServerMsg::Pong { .. },
+            ) => {}
+            Some(ServerMsg::Error(e)) => return Err(server_error(e)),
+            Some(other) => return Ok(other),
+        }
+    }
+}
+
+fn server_error(e: ErrorMsg) -> Failure {
+    if e.recoverable {
+        Failure::Retry(format!("daemon error {:?}: {}", e.code, e.message))
+    } else {
+        Failure::Fatal(AgentError::Server {
+            code: e.code,
+            message: e.message,
+        })
+    }
+}
+
+/// One connection: handshake, (re)start the session, stream until done or failure.
+async fn connection(
+    endpoint: &quinn::Endpoint,
+    cfg: &AgentConfig,
+    info: &SourceInfo,
+    st: &mut State,
+    frame_rx: &mut mpsc::Receiver<Result<OutFrame, AgentError>>,
+    watch_rx: &mut Option<mpsc::Receiver<(String, Vec<u8>)>>,
+    progress: &mut impl ProgressSink,
+) -> Result<(), Failure> {
+    let conn = referee_transport::connect_with_timeout(
+        endpoint,
+        cfg.server,
+        &cfg.server_name,
+        cfg.handshake_timeout,
+    )
+    .await?;
+    let result = session_on(&conn, cfg, info, st, frame_rx, watch_rx, progress).await;
+    match &result {
+        Ok(()) => conn.close(referee_transport::CLOSE_OK, b"session ended"),
+        Err(Failure::Fatal(_)) => conn.close(referee_transport::CLOSE_PROTOCOL, b"agent stopping"),
+        Err(Failure::Retry(_)) => conn.close(referee_transport::CLOSE_OK, b"reconnecting"),
+    }
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn session_on(
+    conn: &quinn::Connection,
+    cfg: &AgentConfig,
+    info: &SourceInfo,
+    st: &mut State,
+    frame_rx: &mut mpsc::Receiver<Result<OutFrame, AgentError>>,
+    watch_rx: &mut Option<mpsc::Receiver<(String, Vec<u8>)>>,
+    progress: &mut impl ProgressSink,
+) -> Result<(), Failure> {
+    let (mut ctrl, mut recv) = conn.open_bi().await.map_err(TransportError::from)?;
+    write_msg(
+        &mut ctrl,
+        &ClientMsg::Hello {
+            role: Role::Capture,
+            token: cfg.token.clone(),
+            client: cfg.client_name.clone(),
+        },
+    )
+    .await?;
+    match expect_reply(&mut recv, st, cfg, "Welcome").await? {
+        ServerMsg::Welcome { server, protocol } => {
+            tracing::info!(%server, protocol, "connected to the daemon");
+        }
+        other => {
+            return Err(Failure::Fatal(AgentError::Protocol(format!(
+                "expected Welcome, got {other:?}"
+            ))))
+        }
+    }
+    let resume = st.session_started_once;
+    write_msg(
+        &mut ctrl,
+        &ClientMsg::SessionStart(SessionStart {
+            session_id: cfg.session_id.clone(),
+            fps: cfg.fps.unwrap_or(info.fps),
+            width: info.width,
+            height: info.height,
+            piste: cfg.piste.clone(),
+            camera: cfg.camera.clone(),
+            undistort: cfg.undistort,
+            resume,
+        }),
+    )
+    .await?;
+    match expect_reply(&mut recv, st, cfg, "SessionStarted").await? {
+        ServerMsg::SessionStarted { ack, .. } => st.apply_ack(ack),
+        other => {
+            return Err(Failure::Fatal(AgentError::Protocol(format!(
+                "expected SessionStarted, got {other:?}"
+            ))))
+        }
+    }
+    st.session_started_once = true;
+    st.sessions_started += 1;
+    let text = if resume {
+        format!(
+            "resumed session {} at frame {} ({} frames to resend)",
+            cfg.session_id,
+            st.last_ack.next_expected,
+            st.ring.len()
+        )
+    } else {
+        format!("session {} started", cfg.session_id)
+    };
+    tracing::info!("{text}");
+    progress.message(&text);
+    if resume {
+        st.stats.reconnects += 1;
+    }
+
+    // Everything in the ring not covered by the server's ack goes again, oldest first.
+    let mut resend: VecDeque<OutFrame> = st.ring.iter().cloned().collect();
+    // Signals sent before the loss whose verdict never came are sent again (same phrase).
+    for (_, sig, at) in st.pending_signals.iter_mut() {
+        write_msg(&mut ctrl, &ClientMsg::Signal(sig.clone())).await?;
+        *at = Instant::now();
+    }
+    if st.end_sent {
+        write_msg(
+            &mut ctrl,
+            &ClientMsg::End {
+                session_id: cfg.session_id.clone(),
+            },
+        )
+        .await?;
+    }
+
+    // Control messages are read by their own task so the select below stays cancel-safe.
+    let (msg_tx, mut msg_rx) = mpsc::channel::<Result<Option<ServerMsg>, TransportError>>(64);
+    let max_msg = cfg.max_message_bytes;
+    let reader = tokio::spawn(async move {
+        loop {
+            let r = read_msg::<ServerMsg>(&mut recv, max_msg).await;
+            let stop = !matches!(r, Ok(Some(_)));
+            if msg_tx.send(r).await.is_err() || stop {
+                break;
+            }
+        }
+    });
+    let _reader_guard = AbortOnDrop(reader);
+
+    let mut sends: tokio::task::JoinSet<Result<u64, TransportError>> = tokio::task::JoinSet::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let session_id = cfg.session_id.clone();
+
+    let spawn_send = |sends: &mut tokio::task::JoinSet<Result<u64, TransportError>>,
+                      f: OutFrame| {
+        let conn = conn.clone();
+        let header = FrameHeader {
+            session_id: session_id.clone(),
+            frame: f.frame,
+            capture_ts_us: f.capture_ts_us,
+            encoding: f.encoding,
+            len: f.bytes.len() as u32,
+        };
+        sends.spawn(async move {
+            send_frame(&conn, &header, &f.bytes).await?;
+            Ok(f.bytes.len() as u64)
+        });
+    };
+
+    loop {
+        // Top up the in-flight sends from the resend queue first.
+        while sends.len() < cfg.max_inflight {
+            let Some(f) = resend.pop_front() else { break };
+            // Frames acked meanwhile (ranges) need not go again.
+            if ack_covers(&st.last_ack, f.frame) {
+                continue;
+            }
+            st.stats.frames_resent += 1;
+            spawn_send(&mut sends, f);
+        }
+        // A full ring evicts its oldest frame (already written, normally delivered); frames
+        // evicted and never acked are reported as lost at the end.
+        let can_take = !st.producer_done && resend.is_empty() && sends.len() < cfg.max_inflight;
+
+        // End-of-stream phases, once every frame has been written.
+        if st.producer_done && resend.is_empty() && sends.is_empty() {
+            let now = Instant::now();
+            let all_sent_at = *st.all_sent_at.get_or_insert(now);
+            if let (Some((filename, bytes)), false) = (&st.once_signal, st.once_signal_sent) {
+                let sig = Signal {
+                    session_id: cfg.session_id.clone(),
+                    phrase: st.next_phrase,
+                    filename: filename.clone(),
+                    bytes: bytes.clone(),
+                    phrase_start_us: st.first_ts_us,
+                };
+                write_msg(&mut ctrl, &ClientMsg::Signal(sig.clone())).await?;
+                st.pending_signals.push((st.next_phrase, sig, now));
+                st.next_phrase += 1;
+                st.once_signal_sent = true;
+                progress.message(&format!(
+                    "all {} frames sent; signal {filename} sent, waiting for the verdict",
+                    st.stats.frames_captured
+                ));
+            }
+            let acks_settled = st.all_acked() || now.duration_since(all_sent_at) > cfg.ack_timeout;
+            if !st.end_sent && st.pending_signals.is_empty() && acks_settled {
+                if !st.all_acked() {
+                    tracing::warn!(
+                        unacked = st.ring.len(),
+                        "ending although some frames were never acknowledged"
+                    );
+                }
+                write_msg(
+                    &mut ctrl,
+                    &ClientMsg::End {
+                        session_id: cfg.session_id.clone(),
+                    },
+                )
+                .await?;
+                st.end_sent = true;
+            }
+        }
+        if st.done {
+            let _ = ctrl.finish();
+            return Ok(());
+        }
+
+        tokio::select! {
+            biased;
+            m = msg_rx.recv() => {
+                let msg = match m {
+                    None => return Err(Failure::Retry("control stream reader stopped".into())),
+                    Some(Err(e)) => return Err(e.into()),
+                    Some(Ok(None)) => {
+                        if st.done { return Ok(()); }
+                        return Err(Failure::Retry("the daemon closed the control stream".into()));
+                    }
+                    Some(Ok(Some(m))) => m,
+                };
+                handle_msg(msg, cfg, st, progress)?;
+            }
+            r = sends.join_next(), if !sends.is_empty() => {
+                match r {
+                    Some(Ok(Ok(bytes))) => {
+                        st.stats.frames_sent += 1;
+                        st.stats.bytes_sent += bytes;
+                    }
+                    Some(Ok(Err(e))) => return Err(e.into()),
+                    Some(Err(join)) => return Err(Failure::Retry(format!("send task failed: {join}"))),
+                    None => {}
+                }
+            }
+            f = frame_rx.recv(), if can_take => {
+                if let Some(frame) = take_frame(st, f, cfg.ring_capacity).map_err(Failure::Fatal)? {
+                    spawn_send(&mut sends, frame);
+                }
+            }
+            sig = recv_opt(watch_rx) => {
+                match sig {
+                    Some((filename, bytes)) => {
+                        let phrase = st.next_phrase;
+                        let sig = Signal {
+                            session_id: cfg.session_id.clone(),
+                            phrase,
+                            filename: filename.clone(),
+                            bytes,
+                            phrase_start_us: None,
+                        };
+                        write_msg(&mut ctrl, &ClientMsg::Signal(sig.clone())).await?;
+                        st.pending_signals.push((phrase, sig, Instant::now()));
+                        st.next_phrase += 1;
+                        progress.message(&format!("new signal log {filename}: phrase {phrase} sent"));
+                    }
+                    None => *watch_rx = None,
+                }
+            }
+            e = conn.closed() => {
+                if st.done { return Ok(()); }
+                return Err(TransportError::from(e).into());
+            }
+            _ = tick.tick() => {
+                st.refresh();
+                progress.update(&st.stats);
+                if let Some((phrase, _, at)) = st.pending_signals.first() {
+                    if at.elapsed() > cfg.verdict_timeout {
+                        return Err(Failure::Fatal(AgentError::VerdictTimeout { phrase: *phrase, after: cfg.verdict_timeout }));
+                    }
+                }
+            }
+        }
+    }
+}
+
+async fn recv_opt<T>(rx: &mut Option<mpsc::Receiver<T>>) -> Option<T> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+fn handle_msg(
+    msg: ServerMsg,
+    cfg: &AgentConfig,
+    st: &mut State,
+    progress: &mut impl ProgressSink,
+) -> Result<(), Failure> {
+    match msg {
+        ServerMsg::Ack { ack, .. } | ServerMsg::SessionStarted { ack, .. } => st.apply_ack(ack),
+        ServerMsg::SignalAck { phrase, .. } => {
+            tracing::debug!(phrase, "signal acknowledged");
+        }
+        ServerMsg::Progress { queue_depth, .. } => st.stats.server_queue = queue_depth,
+        ServerMsg::Live(l) => progress.live(&l),
+        ServerMsg::Verdict(v) => {
+            st.pending_signals.retain(|(p, _, _)| *p != v.phrase);
+            progress.verdict(&v);
+            st.verdicts.push(v);
+        }
+        ServerMsg::SessionEnded { stats, .. } => {
+            if !st.end_sent {
+                return Err(Failure::Fatal(AgentError::Protocol(format!(
+                    "the daemon ended session {} before the agent did (it may have timed out)",
+                    cfg.session_id
+                ))));
+            }
+            st.server_stats = Some(stats);
+            st.done = true;
+        }
+        ServerMsg::Error(e) if error_is_per_frame(e.code) => {
+            let text = format!("daemon rejected a frame: {:?}: {}", e.code, e.message);
+            tracing::warn!("{text}");
+            progress.message(&text);
+        }
+        ServerMsg::Error(e) => return Err(server_error(e)),
+        ServerMsg::Welcome { .. } => {
+            return Err(Failure::Fatal(AgentError::Protocol(
+                "unexpected second Welcome".into(),
+            )))
+        }
+        ServerMsg::Pong { .. } | ServerMsg::Feed(_) => {}
+    }
+    Ok(())
+}
