@@ -274,8 +274,8 @@ fn ffmpeg_source_reads_the_sample_and_an_avi() {
     // The JPEG frames decode to the same pictures as the pure-Rust MP4 decoder (lossy, close).
     let mut mp4 = Mp4Source::open(&data.join("3809.MP4")).unwrap();
     let reference = drain(&mut mp4);
-    for i in [0usize, 31, 62] {
-        let FrameData::Jpeg(j) = &frames[i].data else {
+    for (i, frame) in frames.iter().enumerate() {
+        let FrameData::Jpeg(j) = &frame.data else {
             unreachable!()
         };
         let (w, h, px) = referee_capture::encode::decode_jpeg(j).unwrap();
@@ -284,8 +284,69 @@ fn ffmpeg_source_reads_the_sample_and_an_avi() {
         assert!(d < 6.0, "frame {i}: ffmpeg vs openh264 mean abs diff {d}");
     }
 
-    // An AVI as the old recorder wrote (MPEG-4 part 2 in AVI), made from the sample.
+    // H.264 with B-frames (display order differs from decode order): the pure-Rust decoder must
+    // give the frames in display order, like ffmpeg.
     let dir = tempfile::tempdir().unwrap();
+    let bframes = dir.path().join("bframes.mp4");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i"])
+        .arg(data.join("3809.MP4"))
+        .args([
+            "-an",
+            "-frames:v",
+            "24",
+            "-s",
+            "640x360",
+            "-c:v",
+            "libx264",
+            "-bf",
+            "3",
+        ])
+        .args([
+            "-profile:v",
+            "high",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+        ])
+        .arg(&bframes)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ffmpeg could not write the B-frame test MP4");
+    let ours = drain(&mut Mp4Source::open(&bframes).unwrap());
+    let theirs = drain(&mut FfmpegSource::open(&bframes).unwrap());
+    assert_eq!(ours.len(), 24);
+    assert_eq!(theirs.len(), 24);
+    let theirs_rgb: Vec<Vec<u8>> = theirs
+        .iter()
+        .map(|b| {
+            let FrameData::Jpeg(j) = &b.data else {
+                unreachable!()
+            };
+            referee_capture::encode::decode_jpeg(j).unwrap().2
+        })
+        .collect();
+    let (mut same, mut shifted) = (0.0, 0.0);
+    for (i, a) in ours.iter().enumerate() {
+        let d = mean_abs_diff(&theirs_rgb[i], rgb(a));
+        assert!(
+            d < 6.0,
+            "B-frame clip, frame {i}: ffmpeg vs openh264 mean abs diff {d}"
+        );
+        same += d;
+        if i + 1 < ours.len() {
+            shifted += mean_abs_diff(&theirs_rgb[i + 1], rgb(a));
+        }
+    }
+    // The comparison can tell frames apart: pairing with the next frame is clearly worse.
+    assert!(
+        shifted > 2.0 * same,
+        "same-index {same:.1} vs shifted {shifted:.1}"
+    );
+
+    // An AVI as the old recorder wrote (MPEG-4 part 2 in AVI), made from the sample.
     let avi = dir.path().join("phrase.avi");
     let ok = std::process::Command::new("ffmpeg")
         .args(["-loglevel", "error", "-i"])

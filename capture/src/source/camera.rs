@@ -3,7 +3,9 @@
 //! Without the feature the same functions exist and return
 //! [`SourceError::CameraSupportMissing`], so a CLI can call them unconditionally.
 
-use super::{CapturedFrame, FrameSource, SourceError, SourceInfo};
+use super::SourceError;
+#[cfg(not(feature = "camera"))]
+use super::{CapturedFrame, FrameSource, SourceInfo};
 
 /// True when this build was compiled with camera support (cargo feature `camera`).
 pub const CAMERA_SUPPORTED: bool = cfg!(feature = "camera");
@@ -225,7 +227,8 @@ mod imp {
             FrameFormat::GRAY => w * h,
             FrameFormat::MJPEG => 0,
         };
-        if src.len() < need || w % 2 != 0 {
+        let needs_even = matches!(format, FrameFormat::YUYV | FrameFormat::NV12);
+        if src.len() < need || (needs_even && w & 1 == 1) {
             return Err(SourceError::Camera(format!(
                 "{format} frame of {} bytes is too short for {w}x{h}",
                 src.len()

@@ -187,6 +187,13 @@ pub fn open_video(path: &Path) -> Result<Box<dyn FrameSource>, SourceError> {
             Err(SourceError::Unsupported { reason, .. }) => {
                 tracing::info!(path = %path.display(), %reason, "MP4 not decodable in pure Rust, trying ffmpeg");
             }
+            // A container variant re_mp4 cannot parse may still be readable by ffmpeg.
+            Err(e @ SourceError::Mp4 { .. }) if ffmpeg::ffmpeg_available() => {
+                tracing::info!(path = %path.display(), error = %e, "MP4 parse failed, trying ffmpeg");
+                return FfmpegSource::open(path)
+                    .map(|s| Box::new(s) as Box<dyn FrameSource>)
+                    .map_err(|_| e);
+            }
             Err(e) => return Err(e),
         }
     }

@@ -8,8 +8,9 @@ use std::fs::File;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use openh264::decoder::{DecodedYUV, Decoder};
+use openh264::decoder::{DecodedYUV, Decoder, DecoderConfig, Flush};
 use openh264::formats::YUVSource;
+use openh264::OpenH264API;
 use re_mp4::{StsdBoxContent, TrackKind};
 
 use super::{
@@ -126,11 +127,17 @@ impl Mp4Source {
         } else {
             30.0
         };
-        let decoder = Decoder::new().map_err(|e| SourceError::Decode {
-            path: path.to_path_buf(),
-            frame: 0,
-            reason: format!("cannot create the H.264 decoder: {e}"),
-        })?;
+        // No flush after each packet: flushing early breaks streams with B-frames, whose
+        // pictures the decoder must hold back to release them in display order.
+        let config = DecoderConfig::new().flush_after_decode(Flush::NoFlush);
+        let decoder =
+            Decoder::with_api_config(OpenH264API::from_source(), config).map_err(|e| {
+                SourceError::Decode {
+                    path: path.to_path_buf(),
+                    frame: 0,
+                    reason: format!("cannot create the H.264 decoder: {e}"),
+                }
+            })?;
         let (width, height) = (u32::from(track.width), u32::from(track.height));
         tracing::debug!(path = %path.display(), width, height, fps, frames = samples.len(), "opened MP4");
         Ok(Self {
