@@ -61,7 +61,12 @@ pub struct ServerSettings {
 impl ServerSettings {
     /// The HTTP port actually used: `http_port`, or `port + 1`.
     pub fn effective_http_port(&self) -> u16 {
-        self.http_port.unwrap_or(self.port.saturating_add(1))
+        match (self.http_port, self.port) {
+            (Some(p), _) => p,
+            // Any free QUIC port: any free HTTP port too.
+            (None, 0) => 0,
+            (None, p) => p.saturating_add(1),
+        }
     }
 }
 
@@ -201,8 +206,8 @@ const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
 pub const KEYS: &[KeyInfo] = &[
     KeyInfo { key: "log_level", env: "REFEREE_LOG_LEVEL", allowed: "error, warn, info, debug, trace, off, or a tracing directive like `info,referee_engine=debug`" },
     KeyInfo { key: "server.host", env: "REFEREE_HOST", allowed: "an IPv4 or IPv6 address, or `localhost`" },
-    KeyInfo { key: "server.port", env: "REFEREE_PORT", allowed: "a port number 1-65535" },
-    KeyInfo { key: "server.http_port", env: "REFEREE_HTTP_PORT", allowed: "a port number 1-65535, or empty for port + 1" },
+    KeyInfo { key: "server.port", env: "REFEREE_PORT", allowed: "a port number 1-65535, or 0 for any free port" },
+    KeyInfo { key: "server.http_port", env: "REFEREE_HTTP_PORT", allowed: "a port number 1-65535, 0 for any free port, or empty for port + 1" },
     KeyInfo { key: "server.output_dir", env: "REFEREE_OUTPUT_DIR", allowed: "a non-empty directory path" },
     KeyInfo { key: "server.data_dir", env: "REFEREE_DATA_DIR", allowed: "a non-empty directory path" },
     KeyInfo { key: "tls.cert", env: "REFEREE_TLS_CERT", allowed: "a PEM certificate chain file path, or empty" },
@@ -339,7 +344,7 @@ impl Settings {
                 "server.port is 65535 so the default HTTP port (port + 1) does not exist: set server.http_port".into(),
             ));
         }
-        if self.server.effective_http_port() == self.server.port {
+        if self.server.port != 0 && self.server.effective_http_port() == self.server.port {
             // QUIC is UDP and HTTP is TCP, so the same number would work, but it is almost
             // always a mistake in a config file.
             return Err(ConfigError::Conflict(format!(
@@ -457,12 +462,12 @@ impl Settings {
                         .map_err(|_| bad())?
                 };
             }
-            "server.port" => self.server.port = int!(u16, 1, u16::MAX),
+            "server.port" => self.server.port = int!(u16, 0, u16::MAX),
             "server.http_port" => {
                 self.server.http_port = if text_or_bad()?.is_empty() {
                     None
                 } else {
-                    Some(int!(u16, 1, u16::MAX))
+                    Some(int!(u16, 0, u16::MAX))
                 }
             }
             "server.output_dir" => {
