@@ -479,15 +479,17 @@ pub async fn run_agent(
                 // Keep capturing while waiting when pacing is real time (like a live camera):
                 // the ring holds what it can and counts what it must drop.
                 let until = tokio::time::Instant::now() + delay;
-                loop {
+                let mut source_failed = None;
+                while source_failed.is_none() {
                     tokio::select! {
                         _ = tokio::time::sleep_until(until) => break,
                         f = frame_rx.recv(), if realtime && !st.producer_done => {
-                            if let Err(e) = take_frame(&mut st, f, cfg.ring_capacity) {
-                                return Err(e);
-                            }
+                            source_failed = take_frame(&mut st, f, cfg.ring_capacity).err();
                         }
                     }
+                }
+                if let Some(e) = source_failed {
+                    break Err(e);
                 }
                 delay = (delay * 2).min(cfg.backoff_max);
             }
