@@ -24,6 +24,30 @@ impl Default for Encoding {
     }
 }
 
+impl std::str::FromStr for Encoding {
+    type Err = String;
+
+    /// Parses `jpeg` (quality 80), `jpeg:Q` (Q in 1..=100), `png` or `raw`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let lower = s.trim().to_ascii_lowercase();
+        match lower.as_str() {
+            "jpeg" | "jpg" => Ok(Encoding::default()),
+            "png" => Ok(Encoding::Png),
+            "raw" | "rgb" | "rgb24" => Ok(Encoding::Raw),
+            other => {
+                let q = other
+                    .strip_prefix("jpeg:")
+                    .or_else(|| other.strip_prefix("jpg:"))
+                    .and_then(|q| q.parse::<u8>().ok())
+                    .filter(|q| (1..=100).contains(q));
+                q.map(|quality| Encoding::Jpeg { quality }).ok_or_else(|| {
+                    format!("unknown encoding {s:?}: use jpeg, jpeg:QUALITY (1-100), png or raw")
+                })
+            }
+        }
+    }
+}
+
 /// Errors while encoding a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum EncodeError {
@@ -160,6 +184,20 @@ mod tests {
             data,
             pts_us: None,
         }
+    }
+
+    #[test]
+    fn encoding_parses() {
+        assert_eq!("jpeg".parse(), Ok(Encoding::Jpeg { quality: 80 }));
+        assert_eq!("JPEG:95".parse(), Ok(Encoding::Jpeg { quality: 95 }));
+        assert_eq!("png".parse(), Ok(Encoding::Png));
+        assert_eq!("raw".parse(), Ok(Encoding::Raw));
+        assert!("jpeg:0".parse::<Encoding>().is_err());
+        assert!("jpeg:101".parse::<Encoding>().is_err());
+        assert!("webp"
+            .parse::<Encoding>()
+            .unwrap_err()
+            .contains("png or raw"));
     }
 
     #[test]
