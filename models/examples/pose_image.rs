@@ -14,12 +14,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         None => (640, 384),
     };
     let img = referee_models::image::load_image(path.as_ref())?;
-    let opts = PoseOptions { input_width: w, input_height: h, ..PoseOptions::default() };
+    let opts = PoseOptions {
+        input_width: w,
+        input_height: h,
+        ..PoseOptions::default()
+    };
     let mut model = YoloPose::load(&default_weights_path(), opts)?;
     let frame = letterbox_rgb(&img.data, img.width, img.height, w, h);
     let t0 = std::time::Instant::now();
     let persons = model.estimate(std::slice::from_ref(&frame))?;
-    println!("{} in {:.1} ms", model.net().describe(), t0.elapsed().as_secs_f64() * 1e3);
+    println!(
+        "{} in {:.1} ms",
+        model.net().describe(),
+        t0.elapsed().as_secs_f64() * 1e3
+    );
     for p in &persons[0] {
         let k = &p.keypoints;
         println!(

@@ -310,7 +310,10 @@ pub fn upcast_f32(tensors: &mut [RawTensor]) {
             DType::BF16 => Some(
                 t.data
                     .chunks_exact(2)
-                    .flat_map(|c| f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16).to_le_bytes())
+                    .flat_map(|c| {
+                        f32::from_bits((u16::from_le_bytes([c[0], c[1]]) as u32) << 16)
+                            .to_le_bytes()
+                    })
                     .collect(),
             ),
             DType::F64 => Some(

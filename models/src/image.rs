@@ -42,8 +42,12 @@ pub fn is_image(bytes: &[u8]) -> bool {
 pub fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     let opts = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut dec = zune_jpeg::JpegDecoder::new_with_options(ZCursor::new(bytes), opts);
-    let data = dec.decode().map_err(|e| ImageError::Decode(format!("JPEG: {e:?}")))?;
-    let info = dec.info().ok_or_else(|| ImageError::Decode("JPEG: no header".into()))?;
+    let data = dec
+        .decode()
+        .map_err(|e| ImageError::Decode(format!("JPEG: {e:?}")))?;
+    let info = dec
+        .info()
+        .ok_or_else(|| ImageError::Decode("JPEG: no header".into()))?;
     let (width, height) = (info.width as usize, info.height as usize);
     if data.len() != width * height * 3 {
         return Err(ImageError::Decode(format!(
@@ -51,14 +55,20 @@ pub fn decode_jpeg(bytes: &[u8]) -> Result<RgbImage, ImageError> {
             data.len()
         )));
     }
-    Ok(RgbImage { width, height, data })
+    Ok(RgbImage {
+        width,
+        height,
+        data,
+    })
 }
 
 /// Decodes a PNG file (8/16-bit gray, gray+alpha, RGB, RGBA, palette) to RGB8.
 pub fn decode_png(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     let mut dec = png::Decoder::new(std::io::Cursor::new(bytes));
     dec.set_transformations(png::Transformations::EXPAND | png::Transformations::STRIP_16);
-    let mut reader = dec.read_info().map_err(|e| ImageError::Decode(format!("PNG: {e}")))?;
+    let mut reader = dec
+        .read_info()
+        .map_err(|e| ImageError::Decode(format!("PNG: {e}")))?;
     let mut buf = vec![0u8; reader.output_buffer_size()];
     let info = reader
         .next_frame(&mut buf)
@@ -67,15 +77,27 @@ pub fn decode_png(bytes: &[u8]) -> Result<RgbImage, ImageError> {
     let src = &buf[..info.buffer_size()];
     let data: Vec<u8> = match info.color_type {
         png::ColorType::Rgb => src.to_vec(),
-        png::ColorType::Rgba => src.chunks_exact(4).flat_map(|p| [p[0], p[1], p[2]]).collect(),
+        png::ColorType::Rgba => src
+            .chunks_exact(4)
+            .flat_map(|p| [p[0], p[1], p[2]])
+            .collect(),
         png::ColorType::Grayscale => src.iter().flat_map(|&g| [g, g, g]).collect(),
-        png::ColorType::GrayscaleAlpha => src.chunks_exact(2).flat_map(|p| [p[0], p[0], p[0]]).collect(),
-        png::ColorType::Indexed => return Err(ImageError::Decode("PNG: palette not expanded".into())),
+        png::ColorType::GrayscaleAlpha => src
+            .chunks_exact(2)
+            .flat_map(|p| [p[0], p[0], p[0]])
+            .collect(),
+        png::ColorType::Indexed => {
+            return Err(ImageError::Decode("PNG: palette not expanded".into()))
+        }
     };
     if data.len() != width * height * 3 {
         return Err(ImageError::Decode("PNG: unexpected buffer size".into()));
     }
-    Ok(RgbImage { width, height, data })
+    Ok(RgbImage {
+        width,
+        height,
+        data,
+    })
 }
 
 /// Decodes JPEG or PNG bytes (sniffed from the content).
@@ -110,7 +132,8 @@ mod tests {
             enc.set_color(png::ColorType::Rgba);
             enc.set_depth(png::BitDepth::Eight);
             let mut w = enc.write_header().unwrap();
-            w.write_image_data(&[10, 20, 30, 255, 40, 50, 60, 0]).unwrap();
+            w.write_image_data(&[10, 20, 30, 255, 40, 50, 60, 0])
+                .unwrap();
         }
         let img = decode_image(&out).unwrap();
         assert_eq!((img.width, img.height), (2, 1));

@@ -104,7 +104,13 @@ pub struct PreparedFrame {
 
 /// Letterboxes packed RGB8 (`width*height*3`) into `target_w x target_h` keeping the aspect ratio:
 /// bilinear resize, centred, padded with 114/255. A too-short `rgb` is treated as black.
-pub fn letterbox_rgb(rgb: &[u8], width: usize, height: usize, target_w: usize, target_h: usize) -> PreparedFrame {
+pub fn letterbox_rgb(
+    rgb: &[u8],
+    width: usize,
+    height: usize,
+    target_w: usize,
+    target_h: usize,
+) -> PreparedFrame {
     let pad_val = 114.0 / 255.0;
     let mut chw = vec![pad_val; 3 * target_w * target_h];
     if width == 0 || height == 0 || target_w == 0 || target_h == 0 {
@@ -126,7 +132,9 @@ pub fn letterbox_rgb(rgb: &[u8], width: usize, height: usize, target_w: usize, t
     let new_h = ((height as f32 * scale).round() as usize).clamp(1, target_h);
     let pad_x = (target_w - new_w) / 2;
     let pad_y = (target_h - new_h) / 2;
-    let px = |x: usize, y: usize, c: usize| -> f32 { rgb.get((y * width + x) * 3 + c).copied().unwrap_or(0) as f32 };
+    let px = |x: usize, y: usize, c: usize| -> f32 {
+        rgb.get((y * width + x) * 3 + c).copied().unwrap_or(0) as f32
+    };
     let sx = width as f32 / new_w as f32;
     let sy = height as f32 / new_h as f32;
     let plane = target_w * target_h;
@@ -171,7 +179,9 @@ pub fn letterbox_rgb(rgb: &[u8], width: usize, height: usize, target_w: usize, t
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
     /// No weights file.
-    #[error("pose weights not found at {0}: run `referee model fetch` to download and convert them")]
+    #[error(
+        "pose weights not found at {0}: run `referee model fetch` to download and convert them"
+    )]
     WeightsMissing(PathBuf),
     /// The weights file is truncated, corrupt, has the wrong hash or the wrong tensors.
     #[error("pose weights at {path} are unusable ({reason}): run `referee model fetch` to download and convert them again")]
@@ -230,7 +240,11 @@ pub struct YoloPose {
 impl YoloPose {
     /// Loads converted safetensors weights (any YOLO11/YOLOv8 pose scale).
     pub fn load(weights: &Path, opts: PoseOptions) -> Result<Self, ModelError> {
-        if opts.input_width == 0 || opts.input_height == 0 || opts.input_width % 32 != 0 || opts.input_height % 32 != 0 {
+        if opts.input_width == 0
+            || opts.input_height == 0
+            || opts.input_width % 32 != 0
+            || opts.input_height % 32 != 0
+        {
             return Err(ModelError::Input(format!(
                 "input size {}x{} must be positive multiples of 32",
                 opts.input_width, opts.input_height
@@ -261,7 +275,8 @@ impl PoseEstimator for YoloPose {
         for f in batch {
             let raw = self.net.forward_raw(&f.chw, f.width, f.height)?;
             let a = raw.len() / 56;
-            let mut persons = decode_raw(&raw, a, self.opts.conf_threshold, self.opts.iou_threshold);
+            let mut persons =
+                decode_raw(&raw, a, self.opts.conf_threshold, self.opts.iou_threshold);
             for p in &mut persons {
                 let (x1, y1) = f.letterbox.to_source(p.bbox[0], p.bbox[1]);
                 let (x2, y2) = f.letterbox.to_source(p.bbox[2], p.bbox[3]);
@@ -289,7 +304,10 @@ pub fn default_model_dir() -> PathBuf {
         return PathBuf::from(d).join("referee").join("models");
     }
     if let Some(h) = nonempty("HOME") {
-        return PathBuf::from(h).join(".cache").join("referee").join("models");
+        return PathBuf::from(h)
+            .join(".cache")
+            .join("referee")
+            .join("models");
     }
     PathBuf::from(".cache").join("referee").join("models")
 }

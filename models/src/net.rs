@@ -48,7 +48,9 @@ impl Weights<'_> {
         }
     }
     fn count(&self, prefix: &str, suffix: &str) -> usize {
-        (0..).take_while(|j| self.has(&format!("{prefix}{j}{suffix}"))).count()
+        (0..)
+            .take_while(|j| self.has(&format!("{prefix}{j}{suffix}")))
+            .count()
     }
 }
 
@@ -87,10 +89,23 @@ impl Conv {
         Self::new(ws, prefix, w, b, 1, false)
     }
 
-    fn new(ws: &Weights, prefix: &str, w: Tensor, b: Tensor, stride: usize, act: bool) -> Result<Self, ModelError> {
-        let (co, ci_g, kh, kw) = w.dims4().map_err(|_| ws.invalid(format!("{prefix}: weight is not 4-D")))?;
+    fn new(
+        ws: &Weights,
+        prefix: &str,
+        w: Tensor,
+        b: Tensor,
+        stride: usize,
+        act: bool,
+    ) -> Result<Self, ModelError> {
+        let (co, ci_g, kh, kw) = w
+            .dims4()
+            .map_err(|_| ws.invalid(format!("{prefix}: weight is not 4-D")))?;
         if kh != kw || b.dims() != [co] {
-            return Err(ws.invalid(format!("{prefix}: unexpected shapes {:?} / {:?}", w.dims(), b.dims())));
+            return Err(ws.invalid(format!(
+                "{prefix}: unexpected shapes {:?} / {:?}",
+                w.dims(),
+                b.dims()
+            )));
         }
         let groups = if ci_g == 1 && co > 1 { co } else { 1 };
         let dw_taps = if groups > 1 && stride == 1 {
@@ -140,7 +155,11 @@ impl Conv {
             x.conv2d(&self.w, pad, self.stride, 1, self.groups)?
         };
         let y = y.broadcast_add(&self.b)?;
-        Ok(if self.act { candle_nn::ops::silu(&y)? } else { y })
+        Ok(if self.act {
+            candle_nn::ops::silu(&y)?
+        } else {
+            y
+        })
     }
 }
 
@@ -230,7 +249,9 @@ impl C2f {
         let c = y.dim(1)? / 2;
         let mut ys = vec![y.narrow(1, 0, c)?, y.narrow(1, c, c)?];
         for b in &self.m {
-            let last = ys.last().ok_or_else(|| ModelError::Input("empty C2f".into()))?;
+            let last = ys
+                .last()
+                .ok_or_else(|| ModelError::Input("empty C2f".into()))?;
             let next = match b {
                 Inner::Bottleneck(b) => b.forward(last)?,
                 Inner::C3k(b) => b.forward(last)?,
@@ -274,17 +295,23 @@ impl Attention {
     fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
         let (b, c, h, w) = x.dims4()?;
         let n = h * w;
-        let qkv = self
-            .qkv
-            .forward(x)?
-            .reshape((b, self.num_heads, 2 * self.key_dim + self.head_dim, n))?;
+        let qkv = self.qkv.forward(x)?.reshape((
+            b,
+            self.num_heads,
+            2 * self.key_dim + self.head_dim,
+            n,
+        ))?;
         let q = qkv.narrow(2, 0, self.key_dim)?;
         let k = qkv.narrow(2, self.key_dim, self.key_dim)?.contiguous()?;
-        let v = qkv.narrow(2, 2 * self.key_dim, self.head_dim)?.contiguous()?;
+        let v = qkv
+            .narrow(2, 2 * self.key_dim, self.head_dim)?
+            .contiguous()?;
         let scale = (self.key_dim as f64).powf(-0.5);
         let attn = (q.transpose(2, 3)?.contiguous()?.matmul(&k)? * scale)?;
         let attn = candle_nn::ops::softmax_last_dim(&attn)?;
-        let out = v.matmul(&attn.transpose(2, 3)?.contiguous()?)?.reshape((b, c, h, w))?;
+        let out = v
+            .matmul(&attn.transpose(2, 3)?.contiguous()?)?
+            .reshape((b, c, h, w))?;
         let pe = self.pe.forward(&v.reshape((b, c, h, w))?)?;
         self.proj.forward(&(out + pe)?)
     }
@@ -315,9 +342,11 @@ impl C2psa {
                 let qkv = Conv::load(ws, &format!("{q}.attn.qkv"), 1, false)?;
                 let h = qkv.out_channels();
                 // h = c + 2 * key_dim * num_heads
-                let key_dim = (h.checked_sub(c).unwrap_or(0)) / (2 * num_heads);
+                let key_dim = h.saturating_sub(c) / (2 * num_heads);
                 if key_dim == 0 || c + 2 * key_dim * num_heads != h {
-                    return Err(ws.invalid(format!("{q}.attn.qkv: {h} channels do not fit {c} with {num_heads} heads")));
+                    return Err(ws.invalid(format!(
+                        "{q}.attn.qkv: {h} channels do not fit {c} with {num_heads} heads"
+                    )));
                 }
                 Ok(PsaBlock {
                     attn: Attention {
@@ -404,10 +433,16 @@ impl PoseHead {
                 },
             });
             if boxes[i].out.out_channels() != 4 * REG_MAX {
-                return Err(ws.invalid(format!("{p}.cv2.{i}.2: expected {} box channels", 4 * REG_MAX)));
+                return Err(ws.invalid(format!(
+                    "{p}.cv2.{i}.2: expected {} box channels",
+                    4 * REG_MAX
+                )));
             }
             if kpts[i].out.out_channels() != 3 * NUM_KEYPOINTS {
-                return Err(ws.invalid(format!("{p}.cv4.{i}.2: expected {} keypoint channels", 3 * NUM_KEYPOINTS)));
+                return Err(ws.invalid(format!(
+                    "{p}.cv4.{i}.2: expected {} keypoint channels",
+                    3 * NUM_KEYPOINTS
+                )));
             }
         }
         Ok(Self { boxes, cls, kpts })
@@ -460,13 +495,19 @@ impl YoloNet {
         } else {
             tracing::warn!(path = %path.display(), "no fetch sidecar next to the weights: hash not verified");
         }
-        let raw = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| ModelError::WeightsInvalid {
-            path: path.to_path_buf(),
-            reason: format!("not a readable safetensors file (truncated?): {e}"),
+        let raw = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
+            ModelError::WeightsInvalid {
+                path: path.to_path_buf(),
+                reason: format!("not a readable safetensors file (truncated?): {e}"),
+            }
         })?;
         let mut map = HashMap::with_capacity(raw.len());
         for (k, v) in raw {
-            let v = if v.dtype().is_float() { v.to_dtype(DType::F32)? } else { v };
+            let v = if v.dtype().is_float() {
+                v.to_dtype(DType::F32)?
+            } else {
+                v
+            };
             map.insert(k, v);
         }
         Self::from_tensors(&map, path)
@@ -475,18 +516,30 @@ impl YoloNet {
     /// Builds the network from named f32 tensors (`path` only labels errors).
     pub fn from_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<Self, ModelError> {
         let ws = Weights { map, path };
-        let arch = if ws.has("model.23.cv4.0.0.conv.weight") && ws.has("model.10.m.0.attn.qkv.conv.weight") {
+        let arch = if ws.has("model.23.cv4.0.0.conv.weight")
+            && ws.has("model.10.m.0.attn.qkv.conv.weight")
+        {
             Arch::Yolo11
         } else if ws.has("model.22.cv4.0.0.conv.weight") && ws.has("model.2.cv1.conv.weight") {
             Arch::Yolov8
         } else {
             return Err(ws.invalid(
-                "not a YOLO11-pose or YOLOv8-pose model (no pose head at model.23 / model.22)".into(),
+                "not a YOLO11-pose or YOLOv8-pose model (no pose head at model.23 / model.22)"
+                    .into(),
             ));
         };
         let mut layers = HashMap::new();
-        let conv_s2 = |i: usize| -> Result<Layer, ModelError> { Ok(Layer::Conv(Conv::load(&ws, &format!("model.{i}"), 2, true)?)) };
-        let c2f = |i: usize, sc: bool| -> Result<Layer, ModelError> { Ok(Layer::C2f(C2f::load(&ws, &format!("model.{i}"), sc)?)) };
+        let conv_s2 = |i: usize| -> Result<Layer, ModelError> {
+            Ok(Layer::Conv(Conv::load(
+                &ws,
+                &format!("model.{i}"),
+                2,
+                true,
+            )?))
+        };
+        let c2f = |i: usize, sc: bool| -> Result<Layer, ModelError> {
+            Ok(Layer::C2f(C2f::load(&ws, &format!("model.{i}"), sc)?))
+        };
         for i in [0, 1, 3, 5, 7] {
             layers.insert(i, conv_s2(i)?);
         }
@@ -576,7 +629,8 @@ impl YoloNet {
             let (_, _, h, w) = t.dims4()?;
             Ok(t.upsample_nearest2d(2 * h, 2 * w)?)
         };
-        let cat = |a: &Tensor, b: &Tensor| -> Result<Tensor, ModelError> { Ok(Tensor::cat(&[a, b], 1)?) };
+        let cat =
+            |a: &Tensor, b: &Tensor| -> Result<Tensor, ModelError> { Ok(Tensor::cat(&[a, b], 1)?) };
         let mut x = x.clone();
         let mut keep: HashMap<usize, Tensor> = HashMap::new();
         for i in 0..=9 {
@@ -586,7 +640,9 @@ impl YoloNet {
             }
         }
         let get = |k: &HashMap<usize, Tensor>, i: usize| -> Result<Tensor, ModelError> {
-            k.get(&i).cloned().ok_or_else(|| ModelError::Input(format!("skip {i} missing")))
+            k.get(&i)
+                .cloned()
+                .ok_or_else(|| ModelError::Input(format!("skip {i} missing")))
         };
         Ok(match self.arch {
             Arch::Yolo11 => {
@@ -611,9 +667,16 @@ impl YoloNet {
     /// Runs the network on one CHW f32 image (`width`, `height` multiples of 32) and returns the
     /// decoded pre-NMS output, channel-major `(56, A)`: cx, cy, w, h, score, 17 x (x, y, conf)
     /// in model-input pixels (the Ultralytics `output0` layout).
-    pub fn forward_raw(&self, chw: &[f32], width: usize, height: usize) -> Result<Vec<f32>, ModelError> {
+    pub fn forward_raw(
+        &self,
+        chw: &[f32],
+        width: usize,
+        height: usize,
+    ) -> Result<Vec<f32>, ModelError> {
         if width == 0 || height == 0 || width % 32 != 0 || height % 32 != 0 {
-            return Err(ModelError::Input(format!("input {width}x{height} is not a multiple of 32")));
+            return Err(ModelError::Input(format!(
+                "input {width}x{height} is not a multiple of 32"
+            )));
         }
         if chw.len() != 3 * width * height {
             return Err(ModelError::Input(format!(
@@ -626,11 +689,15 @@ impl YoloNet {
         let mut levels = Vec::with_capacity(3);
         for (i, f) in feats.iter().enumerate() {
             let (_, _, h, w) = f.dims4()?;
-            let bx = self.head.boxes[i].forward(f)?.reshape((4 * REG_MAX, h * w))?;
+            let bx = self.head.boxes[i]
+                .forward(f)?
+                .reshape((4 * REG_MAX, h * w))?;
             let cl = self.head.cls[i].forward(f)?;
             let nc = cl.dim(1)?;
             let cl = cl.reshape((nc, h * w))?.max_keepdim(0)?;
-            let kp = self.head.kpts[i].forward(f)?.reshape((3 * NUM_KEYPOINTS, h * w))?;
+            let kp = self.head.kpts[i]
+                .forward(f)?
+                .reshape((3 * NUM_KEYPOINTS, h * w))?;
             levels.push((
                 h,
                 w,
@@ -653,7 +720,8 @@ impl YoloNet {
                     let (ax, ay) = (col as f32 + 0.5, row as f32 + 0.5);
                     let mut d = [0f32; 4];
                     for (side, dv) in d.iter_mut().enumerate() {
-                        let bins: Vec<f32> = (0..REG_MAX).map(|k| bx[side * REG_MAX + k][j]).collect();
+                        let bins: Vec<f32> =
+                            (0..REG_MAX).map(|k| bx[side * REG_MAX + k][j]).collect();
                         let m = bins.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                         let e: Vec<f32> = bins.iter().map(|v| (v - m).exp()).collect();
                         let sum: f32 = e.iter().sum();

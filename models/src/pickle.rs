@@ -170,10 +170,12 @@ impl<'a> Reader<'a> {
 }
 
 fn utf8(b: &[u8], pos: usize) -> Result<Rc<str>, PickleError> {
-    std::str::from_utf8(b).map(Rc::from).map_err(|_| PickleError {
-        pos,
-        msg: "invalid UTF-8 string".into(),
-    })
+    std::str::from_utf8(b)
+        .map(Rc::from)
+        .map_err(|_| PickleError {
+            pos,
+            msg: "invalid UTF-8 string".into(),
+        })
 }
 
 /// Evaluates a pickle stream (protocols 0-5 subset used by `torch.save`).
@@ -285,11 +287,19 @@ pub fn load(data: &[u8]) -> Result<Value, PickleError> {
             }
             b'h' => {
                 let i = r.u8()? as u32;
-                stack.push(memo.get(&i).cloned().ok_or_else(|| err("unknown memo key"))?);
+                stack.push(
+                    memo.get(&i)
+                        .cloned()
+                        .ok_or_else(|| err("unknown memo key"))?,
+                );
             }
             b'j' => {
                 let i = r.u32()?;
-                stack.push(memo.get(&i).cloned().ok_or_else(|| err("unknown memo key"))?);
+                stack.push(
+                    memo.get(&i)
+                        .cloned()
+                        .ok_or_else(|| err("unknown memo key"))?,
+                );
             }
             b't' => {
                 let items = pop_mark(&mut stack).ok_or_else(|| err("no MARK"))?;
@@ -314,9 +324,9 @@ pub fn load(data: &[u8]) -> Result<Value, PickleError> {
             }
             b'a' => {
                 let v = stack.pop().ok_or_else(|| err("empty stack"))?;
-                match stack.last() {
-                    Some(Value::List(l)) => l.borrow_mut().push(v),
-                    _ => {} // appending to an opaque object: ignored
+                // appending to an opaque object is ignored
+                if let Some(Value::List(l)) = stack.last() {
+                    l.borrow_mut().push(v);
                 }
             }
             b'e' => {
@@ -477,9 +487,18 @@ fn reduce(func: Value, args: &[Value]) -> Result<Value, String> {
                 Some(Value::Storage(s)) => s.as_ref().clone(),
                 _ => return Err("tensor without a storage".into()),
             };
-            let offset = args.get(1).and_then(Value::as_usize).ok_or("bad tensor offset")?;
-            let size = args.get(2).and_then(Value::as_usize_vec).ok_or("bad tensor size")?;
-            let stride = args.get(3).and_then(Value::as_usize_vec).ok_or("bad tensor stride")?;
+            let offset = args
+                .get(1)
+                .and_then(Value::as_usize)
+                .ok_or("bad tensor offset")?;
+            let size = args
+                .get(2)
+                .and_then(Value::as_usize_vec)
+                .ok_or("bad tensor size")?;
+            let stride = args
+                .get(3)
+                .and_then(Value::as_usize_vec)
+                .ok_or("bad tensor stride")?;
             if size.len() != stride.len() {
                 return Err("tensor size/stride rank mismatch".into());
             }

@@ -14,15 +14,22 @@ const ABS_TOL: f32 = 5e-3;
 const REL_TOL: f32 = 1e-4;
 
 fn data(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests").join("data").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("data")
+        .join(name)
 }
 
 #[test]
 fn candle_matches_numpy_reference() {
     let meta: serde_json::Value =
-        serde_json::from_slice(&std::fs::read(data("pose_vector.json")).expect("pose_vector.json")).expect("json");
+        serde_json::from_slice(&std::fs::read(data("pose_vector.json")).expect("pose_vector.json"))
+            .expect("json");
     let shape = &meta["input"]["shape"];
-    let (h, w) = (shape[1].as_u64().unwrap() as usize, shape[2].as_u64().unwrap() as usize);
+    let (h, w) = (
+        shape[1].as_u64().unwrap() as usize,
+        shape[2].as_u64().unwrap() as usize,
+    );
     let input = std::fs::read(data("pose_vector_input.bin")).expect("input");
     assert_eq!(input.len(), 3 * h * w);
     let chw: Vec<f32> = input.iter().map(|&v| v as f32 / 255.0).collect();
@@ -47,5 +54,10 @@ fn candle_matches_numpy_reference() {
             worst = (err, i);
         }
     }
-    println!("max |candle - numpy| = {} at row {} anchor {}", worst.0, worst.1 / a, worst.1 % a);
+    println!(
+        "max |candle - numpy| = {} at row {} anchor {}",
+        worst.0,
+        worst.1 / a,
+        worst.1 % a
+    );
 }

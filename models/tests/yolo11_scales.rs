@@ -17,18 +17,26 @@ impl Gen {
     fn rand(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n)
             .map(|_| {
-                self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                self.state = self
+                    .state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 lo + (hi - lo) * ((self.state >> 40) as f32 / (1u64 << 24) as f32)
             })
             .collect()
     }
     fn put(&mut self, name: String, shape: &[usize], data: Vec<f32>) {
-        self.map.insert(name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap());
+        self.map
+            .insert(name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap());
     }
     fn conv_g(&mut self, p: &str, ci: usize, co: usize, k: usize, depthwise: bool) {
         let cig = if depthwise { 1 } else { ci };
         let fan = (cig * k * k) as f32;
-        let w = self.rand(co * cig * k * k, -1.0, 1.0).iter().map(|v| v * 1.5 / fan.sqrt()).collect();
+        let w = self
+            .rand(co * cig * k * k, -1.0, 1.0)
+            .iter()
+            .map(|v| v * 1.5 / fan.sqrt())
+            .collect();
         self.put(format!("{p}.conv.weight"), &[co, cig, k, k], w);
         let g = self.rand(co, 0.5, 1.5);
         self.put(format!("{p}.bn.weight"), &[co], g);
@@ -61,7 +69,10 @@ impl Gen {
 }
 
 fn tensors() -> HashMap<String, Tensor> {
-    let mut g = Gen { map: HashMap::new(), state: 1234 };
+    let mut g = Gen {
+        map: HashMap::new(),
+        state: 1234,
+    };
     g.conv("model.0", 3, 16, 3);
     g.conv("model.1", 16, 32, 3);
     g.c3k2("model.2", 32, 64, 16, 2);
@@ -94,21 +105,39 @@ fn tensors() -> HashMap<String, Tensor> {
         let h = "model.23";
         g.conv(&format!("{h}.cv2.{i}.0"), ch, 64, 3);
         g.conv(&format!("{h}.cv2.{i}.1"), 64, 64, 3);
-        g.put(format!("{h}.cv2.{i}.2.weight"), &[64, 64, 1, 1], vec![0.0; 64 * 64]);
+        g.put(
+            format!("{h}.cv2.{i}.2.weight"),
+            &[64, 64, 1, 1],
+            vec![0.0; 64 * 64],
+        );
         g.put(format!("{h}.cv2.{i}.2.bias"), &[64], vec![0.0; 64]);
         g.conv_g(&format!("{h}.cv3.{i}.0.0"), ch, ch, 3, true);
         g.conv(&format!("{h}.cv3.{i}.0.1"), ch, 64, 1);
         g.conv_g(&format!("{h}.cv3.{i}.1.0"), 64, 64, 3, true);
         g.conv(&format!("{h}.cv3.{i}.1.1"), 64, 64, 1);
-        g.put(format!("{h}.cv3.{i}.2.weight"), &[1, 64, 1, 1], vec![0.0; 64]);
+        g.put(
+            format!("{h}.cv3.{i}.2.weight"),
+            &[1, 64, 1, 1],
+            vec![0.0; 64],
+        );
         g.put(format!("{h}.cv3.{i}.2.bias"), &[1], vec![-1.0]);
         g.conv(&format!("{h}.cv4.{i}.0"), ch, 51, 3);
         g.conv(&format!("{h}.cv4.{i}.1"), 51, 51, 3);
-        g.put(format!("{h}.cv4.{i}.2.weight"), &[51, 51, 1, 1], vec![0.0; 51 * 51]);
-        let kb: Vec<f32> = (0..51).map(|c| if c % 3 == 0 { 0.25 } else { 0.0 }).collect();
+        g.put(
+            format!("{h}.cv4.{i}.2.weight"),
+            &[51, 51, 1, 1],
+            vec![0.0; 51 * 51],
+        );
+        let kb: Vec<f32> = (0..51)
+            .map(|c| if c % 3 == 0 { 0.25 } else { 0.0 })
+            .collect();
         g.put(format!("{h}.cv4.{i}.2.bias"), &[51], kb);
     }
-    g.put("model.23.dfl.conv.weight".into(), &[1, 16, 1, 1], (0..16).map(|v| v as f32).collect());
+    g.put(
+        "model.23.dfl.conv.weight".into(),
+        &[1, 16, 1, 1],
+        (0..16).map(|v| v as f32).collect(),
+    );
     g.map
 }
 
@@ -118,7 +147,9 @@ fn deeper_yolo11_layout_is_inferred_and_decodes_known_values() {
     let net = YoloNet::from_tensors(&map, Path::new("synthetic-v11")).expect("build");
     assert_eq!(net.arch(), Arch::Yolo11);
     let (w, h) = (64, 96);
-    let chw: Vec<f32> = (0..3 * w * h).map(|i| ((i * 29) % 251) as f32 / 251.0).collect();
+    let chw: Vec<f32> = (0..3 * w * h)
+        .map(|i| ((i * 29) % 251) as f32 / 251.0)
+        .collect();
     let raw = net.forward_raw(&chw, w, h).expect("forward");
     let a = (w / 8) * (h / 8) + (w / 16) * (h / 16) + (w / 32) * (h / 32);
     assert_eq!(raw.len(), 56 * a);

@@ -17,7 +17,10 @@ impl Gen {
     fn rand(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
         (0..n)
             .map(|_| {
-                self.state = self.state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                self.state = self
+                    .state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
                 let u = (self.state >> 40) as f32 / (1u64 << 24) as f32;
                 lo + (hi - lo) * u
             })
@@ -29,7 +32,11 @@ impl Gen {
     }
     fn conv(&mut self, p: &str, ci: usize, co: usize, k: usize) {
         let fan = (ci * k * k) as f32;
-        let w = self.rand(co * ci * k * k, -1.0, 1.0).iter().map(|v| v * 1.5 / fan.sqrt()).collect();
+        let w = self
+            .rand(co * ci * k * k, -1.0, 1.0)
+            .iter()
+            .map(|v| v * 1.5 / fan.sqrt())
+            .collect();
         self.put(format!("{p}.conv.weight"), &[co, ci, k, k], w);
         let g = self.rand(co, 0.5, 1.5);
         self.put(format!("{p}.bn.weight"), &[co], g);
@@ -54,7 +61,10 @@ impl Gen {
 const CLS_BIAS: f32 = 0.4;
 
 fn yolov8_tensors() -> HashMap<String, Tensor> {
-    let mut g = Gen { map: HashMap::new(), state: 42 };
+    let mut g = Gen {
+        map: HashMap::new(),
+        state: 42,
+    };
     let (c0, c1, c2, c3, c4) = (8, 16, 16, 32, 32);
     g.conv("model.0", 3, c0, 3);
     g.conv("model.1", c0, c1, 3);
@@ -77,18 +87,34 @@ fn yolov8_tensors() -> HashMap<String, Tensor> {
         let h = "model.22";
         g.conv(&format!("{h}.cv2.{i}.0"), ch, 16, 3);
         g.conv(&format!("{h}.cv2.{i}.1"), 16, 16, 3);
-        g.put(format!("{h}.cv2.{i}.2.weight"), &[64, 16, 1, 1], vec![0.0; 64 * 16]);
+        g.put(
+            format!("{h}.cv2.{i}.2.weight"),
+            &[64, 16, 1, 1],
+            vec![0.0; 64 * 16],
+        );
         g.put(format!("{h}.cv2.{i}.2.bias"), &[64], vec![0.0; 64]);
         g.conv(&format!("{h}.cv3.{i}.0"), ch, 16, 3);
         g.conv(&format!("{h}.cv3.{i}.1"), 16, 16, 3);
-        g.put(format!("{h}.cv3.{i}.2.weight"), &[1, 16, 1, 1], vec![0.0; 16]);
+        g.put(
+            format!("{h}.cv3.{i}.2.weight"),
+            &[1, 16, 1, 1],
+            vec![0.0; 16],
+        );
         g.put(format!("{h}.cv3.{i}.2.bias"), &[1], vec![CLS_BIAS]);
         g.conv(&format!("{h}.cv4.{i}.0"), ch, 51, 3);
         g.conv(&format!("{h}.cv4.{i}.1"), 51, 51, 3);
-        g.put(format!("{h}.cv4.{i}.2.weight"), &[51, 51, 1, 1], vec![0.0; 51 * 51]);
+        g.put(
+            format!("{h}.cv4.{i}.2.weight"),
+            &[51, 51, 1, 1],
+            vec![0.0; 51 * 51],
+        );
         g.put(format!("{h}.cv4.{i}.2.bias"), &[51], vec![0.0; 51]);
     }
-    g.put("model.22.dfl.conv.weight".into(), &[1, 16, 1, 1], (0..16).map(|v| v as f32).collect());
+    g.put(
+        "model.22.dfl.conv.weight".into(),
+        &[1, 16, 1, 1],
+        (0..16).map(|v| v as f32).collect(),
+    );
     g.map
 }
 
@@ -98,9 +124,15 @@ fn yolov8_architecture_is_inferred_and_decodes_known_values() {
     let net = YoloNet::from_tensors(&map, Path::new("synthetic-v8")).expect("build v8");
     assert_eq!(net.arch(), Arch::Yolov8);
     let (w, h) = (96, 64);
-    let chw: Vec<f32> = (0..3 * w * h).map(|i| ((i * 37) % 255) as f32 / 255.0).collect();
+    let chw: Vec<f32> = (0..3 * w * h)
+        .map(|i| ((i * 37) % 255) as f32 / 255.0)
+        .collect();
     let raw = net.forward_raw(&chw, w, h).expect("forward");
-    let levels = [(8usize, h / 8, w / 8), (16, h / 16, w / 16), (32, h / 32, w / 32)];
+    let levels = [
+        (8usize, h / 8, w / 8),
+        (16, h / 16, w / 16),
+        (32, h / 32, w / 32),
+    ];
     let a: usize = levels.iter().map(|l| l.1 * l.2).sum();
     assert_eq!(raw.len(), 56 * a);
     let score = 1.0 / (1.0 + (-CLS_BIAS).exp());
@@ -130,7 +162,10 @@ fn yolov8_architecture_is_inferred_and_decodes_known_values() {
 #[test]
 fn yolov8_random_head_gives_finite_varied_output() {
     let mut map = yolov8_tensors();
-    let mut g = Gen { map: HashMap::new(), state: 7 };
+    let mut g = Gen {
+        map: HashMap::new(),
+        state: 7,
+    };
     for i in 0..3 {
         let w = g.rand(51 * 51, -0.2, 0.2);
         map.insert(
@@ -145,15 +180,28 @@ fn yolov8_random_head_gives_finite_varied_output() {
     }
     let net = YoloNet::from_tensors(&map, Path::new("synthetic-v8")).unwrap();
     let (w, h) = (64, 64);
-    let chw: Vec<f32> = (0..3 * w * h).map(|i| ((i * 13) % 97) as f32 / 97.0).collect();
+    let chw: Vec<f32> = (0..3 * w * h)
+        .map(|i| ((i * 13) % 97) as f32 / 97.0)
+        .collect();
     let raw = net.forward_raw(&chw, w, h).unwrap();
     assert!(raw.iter().all(|v| v.is_finite()));
     let a = raw.len() / 56;
     let widths: Vec<f32> = (0..a).map(|i| raw[2 * a + i]).collect();
-    let distinct = widths.windows(2).filter(|p| (p[0] - p[1]).abs() > 1e-4).count();
-    assert!(distinct > a / 2, "box widths should vary with the random backbone");
+    let distinct = widths
+        .windows(2)
+        .filter(|p| (p[0] - p[1]).abs() > 1e-4)
+        .count();
+    assert!(
+        distinct > a / 2,
+        "box widths should vary with the random backbone"
+    );
     // a missing tensor is reported by name
     map.remove("model.12.m.0.cv2.bn.running_var");
-    let err = YoloNet::from_tensors(&map, Path::new("synthetic-v8")).err().expect("must fail");
-    assert!(err.to_string().contains("model.12.m.0.cv2.bn.running_var"), "{err}");
+    let err = YoloNet::from_tensors(&map, Path::new("synthetic-v8"))
+        .err()
+        .expect("must fail");
+    assert!(
+        err.to_string().contains("model.12.m.0.cv2.bn.running_var"),
+        "{err}"
+    );
 }

@@ -30,7 +30,10 @@ pub fn shared_checkpoint() -> Option<PathBuf> {
     match p {
         Some(p) if p.exists() => Some(p),
         other => {
-            println!("skipped: shared data not found at {:?}", other.unwrap_or_else(|| workspace_root().join("../shared/models/yolo11n-pose.pt")));
+            println!(
+                "skipped: shared data not found at {:?}",
+                other.unwrap_or_else(|| workspace_root().join("../shared/models/yolo11n-pose.pt"))
+            );
             None
         }
     }
@@ -54,5 +57,7 @@ pub fn weights() -> PathBuf {
 /// Reads a little-endian f32 file.
 pub fn read_f32(path: &Path) -> Vec<f32> {
     let b = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    b.chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
