@@ -1,14 +1,14 @@
 //! `referee evaluate DIR`: run `analyze` on every labelled phrase folder and report accuracy.
 //!
 //! Each folder holds `signal.txt`, `keypoints.xlsx` and `label.json` (`{"winner": "left"|"right"}`).
-//! The label is read here only, after the decision, to score it. `--cv` refits the three
-//! right-of-way weights leaving one recording date out at a time and reports that accuracy.
+//! The label is read here only, after the decision, to score it. `--cv` re-chooses the
+//! right-of-way run tolerance leaving one recording date out at a time and reports that accuracy.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use referee_rules::{signal::Timeline, PhraseAnalyzer, Weights, Winner, DEFAULT_WEIGHTS};
+use referee_rules::{signal::Timeline, Params, PhraseAnalyzer, Winner, DEFAULT_PARAMS};
 use serde::Serialize;
 
 use super::analyze;
@@ -24,7 +24,7 @@ pub struct Args {
     /// Print JSON instead of tables.
     #[arg(long)]
     pub json: bool,
-    /// Also report leave-one-date-out cross-validation (weights refit without the held-out date).
+    /// Also report leave-one-date-out cross-validation (the run tolerance re-chosen without the held-out date).
     #[arg(long)]
     pub cv: bool,
 }
@@ -86,11 +86,11 @@ struct Report {
 
 #[derive(Serialize)]
 struct CvReport {
-    /// Leave-one-date-out figures (each date decided with weights fit on the other dates).
+    /// Leave-one-date-out figures (each date decided with the run tolerance chosen on the other dates).
     overall: Stats,
     per_date: BTreeMap<String, Stats>,
-    fold_weights: BTreeMap<String, Weights>,
-    shipped_weights: Weights,
+    fold_params: BTreeMap<String, Params>,
+    shipped_params: Params,
 }
 
 fn read_label(dir: &Path) -> anyhow::Result<Winner> {
@@ -125,7 +125,7 @@ fn phrase_dirs(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-fn row_for(p: &Phrase, w: &Weights) -> Row {
+fn row_for(p: &Phrase, w: &Params) -> Row {
     let (predicted, confidence, reason) = match &p.loaded {
         Ok((tl, an)) => {
             let d = an.decide_with(tl, w);
@@ -157,7 +157,7 @@ fn per_date(rows: &[Row]) -> BTreeMap<String, Stats> {
 
 fn cross_validate(phrases: &[Phrase]) -> CvReport {
     let mut rows = Vec::with_capacity(phrases.len());
-    let mut fold_weights = BTreeMap::new();
+    let mut fold_params = BTreeMap::new();
     let mut dates: Vec<&str> = phrases.iter().map(|p| p.date.as_str()).collect();
     dates.sort();
     dates.dedup();
@@ -171,8 +171,8 @@ fn cross_validate(phrases: &[Phrase]) -> CvReport {
                 }
             }
         }
-        let w = Weights::fit(&xs, &ys);
-        fold_weights.insert(date.to_string(), w);
+        let w = Params::fit(&xs, &ys);
+        fold_params.insert(date.to_string(), w);
         rows.extend(
             phrases
                 .iter()
@@ -183,8 +183,8 @@ fn cross_validate(phrases: &[Phrase]) -> CvReport {
     CvReport {
         overall: stats(rows.iter()),
         per_date: per_date(&rows),
-        fold_weights,
-        shipped_weights: DEFAULT_WEIGHTS,
+        fold_params,
+        shipped_params: DEFAULT_PARAMS,
     }
 }
 
@@ -220,7 +220,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let rows: Vec<Row> = phrases
         .iter()
-        .map(|p| row_for(p, &DEFAULT_WEIGHTS))
+        .map(|p| row_for(p, &DEFAULT_PARAMS))
         .collect();
     let mut confusion: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
     for r in &rows {
@@ -275,30 +275,23 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             g("uncertain")
         );
     }
-    println!("\nper date (shipped weights):");
+    println!("\nper date (shipped rules):");
     for (d, s) in &report.per_date {
         line(d, s);
     }
     if let Some(cv) = &report.cv {
         println!(
-            "\nleave-one-date-out cross-validation (weights refit without the held-out date):"
+            "\nleave-one-date-out cross-validation (run tolerance re-chosen without the held-out date):"
         );
         line("LODO", &cv.overall);
         for (d, s) in &cv.per_date {
             line(d, s);
         }
-        println!("fold weights (advance, run, first):");
-        for (d, w) in &cv.fold_weights {
-            println!(
-                "  without {d}: {:.3} {:.3} {:.3}",
-                w.advance, w.run, w.first
-            );
+        println!("run tolerance chosen per fold (s):");
+        for (d, w) in &cv.fold_params {
+            println!("  without {d}: {:.2}", w.run_tie_s);
         }
-        let w = cv.shipped_weights;
-        println!(
-            "  shipped (all dates): {:.3} {:.3} {:.3}",
-            w.advance, w.run, w.first
-        );
+        println!("  shipped: {:.2}", cv.shipped_params.run_tie_s);
     }
     Ok(())
 }

@@ -14,7 +14,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .filter(|p| p.join("signal.txt").is_file())
         .collect();
     dirs.sort();
-    println!("name,fps,winner,confidence,adv_l,adv_r,run_l,run_r,first,score");
+    println!("name,fps,winner,confidence,adv_l,adv_r,run_l,run_r,first,rule");
     for d in dirs {
         let tl = parse_signal(&std::fs::read_to_string(d.join("signal.txt"))?)?;
         let mut frames = read_workbook(&d.join("keypoints.xlsx"), 1.0)?;
@@ -31,7 +31,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or_default();
         match &dec.features {
             Some(f) => println!(
-                "{name},{fps},{},{:.3},{:.4},{:.4},{:.4},{:.4},{},{:.4}",
+                "{name},{fps},{},{:.3},{:.4},{:.4},{:.4},{:.4},{},{}",
                 dec.winner.name(),
                 dec.confidence,
                 f.advance.left,
@@ -39,7 +39,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 f.run.left,
                 f.run.right,
                 f.vector[2],
-                f.score
+                f.rule as u8
             ),
             None => println!(
                 "{name},{fps},{},{:.3},,,,,,",

@@ -6,11 +6,10 @@
 //!   per-frame features, gives a [`LiveEstimate`] at any time and a [`Decision`] once the signal
 //!   lands. [`analyze`] is the offline convenience.
 //!
-//! The right-of-way model (see [`rules`]) uses three sport features of a double touch, all
-//! invariant to the scale of the coordinates: who has been advancing without interruption for
-//! longer up to the hit (the established attack), who gained more ground in the last 0.4 s (attack
-//! versus pause/retreat), and whose lamp lit first (a hit that lands first into the opponent's
-//! attack is a counter-attack / stop-cut, which loses to the attack inside the lockout).
+//! The right-of-way rules (see [`rules`]) apply FIE saber priority in order, on features that do not
+//! depend on the scale of the coordinates: who has been advancing without interruption for longer
+//! up to the hit (the established attack), else whose lamp lit first (a stop-cut into the attack
+//! loses), else who gained more ground at the end; otherwise `uncertain`.
 
 pub mod rules;
 pub mod signal;
@@ -19,8 +18,8 @@ pub mod workbook;
 use serde::{Deserialize, Serialize};
 
 pub use rules::{
-    analyze, Decision, DoubleFeatures, Evidence, LiveEstimate, PhraseAnalyzer, SideLive, Weights,
-    DEFAULT_WEIGHTS,
+    analyze, Decision, DoubleFeatures, Evidence, LiveEstimate, Params, PhraseAnalyzer, Rule,
+    SideLive, DEFAULT_PARAMS,
 };
 
 /// Number of COCO keypoints.

@@ -191,7 +191,8 @@ fn real_verdicts_explain_themselves() {
         assert!(d.reason.len() > 20, "{ctx}: reason {:?}", d.reason);
         if d.winner != Winner::Uncertain {
             let f = d.features.as_ref().expect("features for a double");
-            assert!(f.score.is_finite(), "{ctx}");
+            assert!(f.vector.iter().all(|v| v.is_finite()), "{ctx}");
+            assert_ne!(f.rule, referee_rules::Rule::Simultaneous, "{ctx}");
             assert!(d.evidence.len() >= 4, "{ctx}: evidence {:?}", d.evidence);
             assert!(d.reason.contains(d.winner.name()), "{ctx}: {}", d.reason);
         }
@@ -219,5 +220,5 @@ fn accuracy_on_real_phrases_stays_above_chance() {
     }
     let acc = ok as f64 / n as f64;
     println!("accuracy {acc:.3} ({ok}/{n})");
-    assert!(acc >= 0.70, "accuracy fell to {acc:.3} ({ok}/{n})");
+    assert!(acc >= 0.75, "accuracy fell to {acc:.3} ({ok}/{n})");
 }
