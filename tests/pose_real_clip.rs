@@ -65,11 +65,21 @@ fn count_both(clip: &Path, model: &mut YoloPose) -> (usize, usize) {
             FrameData::Jpeg(b) => referee_models::image::decode_jpeg(b).expect("jpeg").data,
         };
         let prepared = letterbox_rgb(&rgb, f.width as usize, f.height as usize, w, h);
-        let persons = model.estimate(std::slice::from_ref(&prepared)).expect("estimate");
+        let persons = model
+            .estimate(std::slice::from_ref(&prepared))
+            .expect("estimate");
         // coordinates are in source-frame pixels: every box must lie (roughly) inside the frame
         for p in &persons[0] {
-            assert!(p.bbox[0] > -20.0 && p.bbox[2] < f.width as f32 + 20.0, "box {:?}", p.bbox);
-            assert!(p.bbox[1] > -20.0 && p.bbox[3] < f.height as f32 + 20.0, "box {:?}", p.bbox);
+            assert!(
+                p.bbox[0] > -20.0 && p.bbox[2] < f.width as f32 + 20.0,
+                "box {:?}",
+                p.bbox
+            );
+            assert!(
+                p.bbox[1] > -20.0 && p.bbox[3] < f.height as f32 + 20.0,
+                "box {:?}",
+                p.bbox
+            );
         }
         if both_fencers(&persons[0], f.width as f32) {
             both += 1;
@@ -85,13 +95,25 @@ fn both_fencers_found_in_most_frames_at_640x384_and_1280x736() {
     let weights = weights();
     let mut counts = Vec::new();
     for (w, h) in [(640, 384), (1280, 736)] {
-        let opts = PoseOptions { input_width: w, input_height: h, ..PoseOptions::default() };
+        let opts = PoseOptions {
+            input_width: w,
+            input_height: h,
+            ..PoseOptions::default()
+        };
         let mut model = YoloPose::load(&weights, opts).unwrap_or_else(|e| panic!("{e}"));
         let (frames, both) = count_both(&clip, &mut model);
         println!("{w}x{h}: both fencers in {both} of {frames} frames");
         assert_eq!(frames, 63, "the clip has 63 frames");
         counts.push(both);
     }
-    assert!(counts[0] >= 45, "640x384: both fencers in only {} of 63 frames", counts[0]);
-    assert!(counts[1] >= 45, "1280x736: both fencers in only {} of 63 frames", counts[1]);
+    assert!(
+        counts[0] >= 45,
+        "640x384: both fencers in only {} of 63 frames",
+        counts[0]
+    );
+    assert!(
+        counts[1] >= 45,
+        "1280x736: both fencers in only {} of 63 frames",
+        counts[1]
+    );
 }

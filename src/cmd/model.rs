@@ -56,7 +56,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     match args.which {
         Which::Fetch(a) => run_fetch(a),
         Which::Verify(a) => {
-            let w = a.weights.unwrap_or_else(referee_models::default_weights_path);
+            let w = a
+                .weights
+                .unwrap_or_else(referee_models::default_weights_path);
             let sc = fetch::verify_converted(&w).with_context(|| "run `referee model fetch`")?;
             println!(
                 "{} OK: {} tensors ({}), source sha256 {}",
@@ -80,7 +82,11 @@ fn run_fetch(a: FetchArgs) -> anyhow::Result<()> {
         source,
         dir: a.dir.unwrap_or_else(referee_models::default_model_dir),
         sha256: a.sha256,
-        dtype: if a.f32 { StoreDType::F32 } else { StoreDType::F16 },
+        dtype: if a.f32 {
+            StoreDType::F32
+        } else {
+            StoreDType::F16
+        },
         force: a.force,
     };
     let out = fetch::fetch(&opts)?;

@@ -32,10 +32,18 @@ pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
     let (w, h) = s
         .split_once(['x', 'X'])
         .ok_or_else(|| format!("size `{s}` must look like 640x384"))?;
-    let w: usize = w.trim().parse().map_err(|_| format!("bad width in `{s}`"))?;
-    let h: usize = h.trim().parse().map_err(|_| format!("bad height in `{s}`"))?;
+    let w: usize = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in `{s}`"))?;
+    let h: usize = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in `{s}`"))?;
     if w == 0 || h == 0 || w % 32 != 0 || h % 32 != 0 {
-        return Err(format!("size `{s}`: width and height must be positive multiples of 32"));
+        return Err(format!(
+            "size `{s}`: width and height must be positive multiples of 32"
+        ));
     }
     Ok((w, h))
 }
@@ -63,7 +71,10 @@ fn is_image_path(p: &Path) -> bool {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let weights = args.weights.clone().unwrap_or_else(referee_models::default_weights_path);
+    let weights = args
+        .weights
+        .clone()
+        .unwrap_or_else(referee_models::default_weights_path);
     let opts = PoseOptions {
         input_width: args.size.0,
         input_height: args.size.1,
@@ -77,7 +88,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!("{}", frame_json(n, persons));
         } else {
             let scores: Vec<String> = persons.iter().map(|p| format!("{:.2}", p.score)).collect();
-            println!("frame {n}: {} person(s) [{}]", persons.len(), scores.join(", "));
+            println!(
+                "frame {n}: {} person(s) [{}]",
+                persons.len(),
+                scores.join(", ")
+            );
         }
     };
     let mut head = [0u8; 8];
@@ -86,7 +101,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read {}", args.input.display()))?;
     if is_image_path(&args.input) || referee_models::image::is_image(&head[..n]) {
         let img = referee_models::image::load_image(&args.input)?;
-        let frame = letterbox_rgb(&img.data, img.width, img.height, opts.input_width, opts.input_height);
+        let frame = letterbox_rgb(
+            &img.data,
+            img.width,
+            img.height,
+            opts.input_width,
+            opts.input_height,
+        );
         let out = model.estimate(std::slice::from_ref(&frame))?;
         emit(0, out.first().map(Vec::as_slice).unwrap_or(&[]));
         return Ok(());
@@ -95,7 +116,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 }
 
 /// Decodes a captured frame to packed RGB8 (width, height, bytes).
-pub fn frame_rgb(frame: &referee_capture::source::CapturedFrame) -> anyhow::Result<(usize, usize, Vec<u8>)> {
+pub fn frame_rgb(
+    frame: &referee_capture::source::CapturedFrame,
+) -> anyhow::Result<(usize, usize, Vec<u8>)> {
     use referee_capture::source::FrameData;
     match &frame.data {
         FrameData::Rgb(b) => Ok((frame.width as usize, frame.height as usize, b.clone())),
@@ -107,7 +130,11 @@ pub fn frame_rgb(frame: &referee_capture::source::CapturedFrame) -> anyhow::Resu
     }
 }
 
-fn run_video(path: &Path, model: &mut YoloPose, emit: &mut dyn FnMut(usize, &[Person])) -> anyhow::Result<()> {
+fn run_video(
+    path: &Path,
+    model: &mut YoloPose,
+    emit: &mut dyn FnMut(usize, &[Person]),
+) -> anyhow::Result<()> {
     let mut src = referee_capture::source::open_video(path)?;
     let (w, h) = model.input_size();
     let mut n = 0usize;
@@ -115,7 +142,10 @@ fn run_video(path: &Path, model: &mut YoloPose, emit: &mut dyn FnMut(usize, &[Pe
         let (fw, fh, rgb) = frame_rgb(&frame)?;
         let prepared = letterbox_rgb(&rgb, fw, fh, w, h);
         let out = model.estimate(std::slice::from_ref(&prepared))?;
-        emit(frame.index as usize, out.first().map(Vec::as_slice).unwrap_or(&[]));
+        emit(
+            frame.index as usize,
+            out.first().map(Vec::as_slice).unwrap_or(&[]),
+        );
         n += 1;
     }
     if n == 0 {

@@ -81,11 +81,17 @@ fn synthetic_frame() -> (usize, usize, Vec<u8>) {
     for y in 0..h {
         for x in 0..w {
             let i = (y * w + x) * 3;
-            let fig = |cx: f32| ((x as f32 - cx) / 40.0).powi(2) + ((y as f32 - 400.0) / 180.0).powi(2) < 1.0;
+            let fig = |cx: f32| {
+                ((x as f32 - cx) / 40.0).powi(2) + ((y as f32 - 400.0) / 180.0).powi(2) < 1.0
+            };
             let v = if fig(420.0) || fig(860.0) {
                 [230, 220, 210]
             } else {
-                [(x * 200 / w) as u8, (y * 180 / h) as u8, ((x + y) % 97 + 60) as u8]
+                [
+                    (x * 200 / w) as u8,
+                    (y * 180 / h) as u8,
+                    ((x + y) % 97 + 60) as u8,
+                ]
             };
             rgb[i..i + 3].copy_from_slice(&v);
         }
@@ -94,21 +100,39 @@ fn synthetic_frame() -> (usize, usize, Vec<u8>) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let weights = args.weights.clone().unwrap_or_else(referee_models::default_weights_path);
-    let sizes = if args.size.is_empty() { vec![(640, 384), (1280, 736)] } else { args.size.clone() };
+    let weights = args
+        .weights
+        .clone()
+        .unwrap_or_else(referee_models::default_weights_path);
+    let sizes = if args.size.is_empty() {
+        vec![(640, 384), (1280, 736)]
+    } else {
+        args.size.clone()
+    };
     let frames_wanted = args.frames.max(1);
     let clip = args.video.clone().or_else(default_clip);
-    let (source, raw_frames) = match clip.as_deref().and_then(|p| clip_frames(p, frames_wanted + 1).map(|f| (p, f))) {
+    let (source, raw_frames) = match clip
+        .as_deref()
+        .and_then(|p| clip_frames(p, frames_wanted + 1).map(|f| (p, f)))
+    {
         Some((p, f)) => (p.display().to_string(), f),
         None => ("synthetic".to_string(), vec![synthetic_frame()]),
     };
     for (w, h) in sizes {
-        let opts = PoseOptions { input_width: w, input_height: h, ..PoseOptions::default() };
+        let opts = PoseOptions {
+            input_width: w,
+            input_height: h,
+            ..PoseOptions::default()
+        };
         let mut model = YoloPose::load(&weights, opts)?;
-        let prepared: Vec<PreparedFrame> =
-            raw_frames.iter().map(|(fw, fh, rgb)| letterbox_rgb(rgb, *fw, *fh, w, h)).collect();
+        let prepared: Vec<PreparedFrame> = raw_frames
+            .iter()
+            .map(|(fw, fh, rgb)| letterbox_rgb(rgb, *fw, *fh, w, h))
+            .collect();
         // warm-up
-        model.estimate(std::slice::from_ref(&prepared[0])).context("warm-up")?;
+        model
+            .estimate(std::slice::from_ref(&prepared[0]))
+            .context("warm-up")?;
         let mut total = 0.0f64;
         let mut persons = 0usize;
         for i in 0..frames_wanted {
