@@ -205,6 +205,16 @@ mod tests {
         assert!(Pacer::new(Pacing::RealTime { fps: -5.0 }).is_err());
     }
 
+    #[tokio::test]
+    async fn async_wait_paces_roughly() {
+        let mut p = Pacer::new(Pacing::RealTime { fps: 100.0 }).unwrap();
+        let t0 = Instant::now();
+        for _ in 0..6 {
+            p.wait().await;
+        }
+        assert!(t0.elapsed() >= Duration::from_millis(49));
+    }
+
     #[test]
     fn blocking_wait_paces_roughly() {
         let mut p = Pacer::new(Pacing::RealTime { fps: 100.0 }).unwrap();

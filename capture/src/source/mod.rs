@@ -11,6 +11,23 @@
 //! - [`camera`]: V4L cameras through nokhwa (cargo feature `camera`).
 //!
 //! [`open_video`] picks the right file source for a path.
+//!
+//! ```no_run
+//! use referee_capture::encode::{encode, Encoding};
+//! use referee_capture::pacing::{Pacer, Pacing};
+//! use referee_capture::source::{open_video, FrameSource};
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let mut src = open_video(std::path::Path::new("clip.mp4"))?;
+//! let mut pacer = Pacer::new(Pacing::RealTime { fps: src.info().fps })?;
+//! loop {
+//!     pacer.wait_blocking(); // wait first, so capture_ts_us follows the real-time schedule
+//!     let Some(frame) = src.next_frame()? else { break };
+//!     let (_encoding, _bytes) = encode(&frame, Encoding::Jpeg { quality: 80 })?;
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use std::io::Read;
 use std::path::{Path, PathBuf};

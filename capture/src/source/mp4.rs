@@ -140,7 +140,7 @@ impl Mp4Source {
             })?;
         let (width, height) = (u32::from(track.width), u32::from(track.height));
         tracing::debug!(path = %path.display(), width, height, fps, frames = samples.len(), "opened MP4");
-        Ok(Self {
+        let mut src = Self {
             info: SourceInfo {
                 name: display_name(path),
                 width,
@@ -161,7 +161,27 @@ impl Mp4Source {
             produced: 0,
             sample_buf: Vec::new(),
             annexb: Vec::new(),
-        })
+        };
+        // Decode the first picture now: its size is authoritative (the container's may be
+        // missing or uncropped), and a file that cannot be decoded fails at open time.
+        let Some(first) = src.decode_next()? else {
+            return Err(SourceError::Decode {
+                path: path.to_path_buf(),
+                frame: 0,
+                reason: "the video track has no decodable picture".into(),
+            });
+        };
+        if (first.0, first.1) != (width, height) {
+            tracing::debug!(
+                width = first.0,
+                height = first.1,
+                "decoded size differs from the container's"
+            );
+        }
+        src.info.width = first.0;
+        src.info.height = first.1;
+        src.pending.push_front(first);
+        Ok(src)
     }
 
     fn decode_error(&self, reason: impl Into<String>) -> SourceError {
@@ -209,6 +229,34 @@ impl Mp4Source {
         Ok(())
     }
 
+    /// Decodes the next picture in display order: `(width, height, rgb)`, `None` at the end.
+    fn decode_next(&mut self) -> Result<Option<(u32, u32, Vec<u8>)>, SourceError> {
+        loop {
+            if let Some(picture) = self.pending.pop_front() {
+                return Ok(Some(picture));
+            }
+            if self.next_sample < self.samples.len() {
+                let i = self.next_sample;
+                self.next_sample += 1;
+                self.load_sample(i)?;
+                match self.decoder.decode(&self.annexb) {
+                    Ok(Some(yuv)) => return Ok(Some(yuv_to_rgb(&yuv))),
+                    Ok(None) => continue,
+                    Err(e) => return Err(self.decode_error(e.to_string())),
+                }
+            }
+            if self.flushed {
+                return Ok(None);
+            }
+            self.flushed = true;
+            let rest = match self.decoder.flush_remaining() {
+                Ok(frames) => frames.iter().map(yuv_to_rgb).collect::<Vec<_>>(),
+                Err(e) => return Err(self.decode_error(e.to_string())),
+            };
+            self.pending.extend(rest);
+        }
+    }
+
     fn make_frame(&mut self, width: u32, height: u32, rgb: Vec<u8>) -> CapturedFrame {
         let index = self.produced;
         self.produced += 1;
@@ -237,33 +285,8 @@ impl FrameSource for Mp4Source {
     }
 
     fn next_frame(&mut self) -> Result<Option<CapturedFrame>, SourceError> {
-        loop {
-            if let Some((w, h, rgb)) = self.pending.pop_front() {
-                return Ok(Some(self.make_frame(w, h, rgb)));
-            }
-            if self.next_sample < self.samples.len() {
-                let i = self.next_sample;
-                self.next_sample += 1;
-                self.load_sample(i)?;
-                let decoded = match self.decoder.decode(&self.annexb) {
-                    Ok(Some(yuv)) => Some(yuv_to_rgb(&yuv)),
-                    Ok(None) => None,
-                    Err(e) => return Err(self.decode_error(e.to_string())),
-                };
-                if let Some((w, h, rgb)) = decoded {
-                    return Ok(Some(self.make_frame(w, h, rgb)));
-                }
-                continue;
-            }
-            if self.flushed {
-                return Ok(None);
-            }
-            self.flushed = true;
-            let rest = match self.decoder.flush_remaining() {
-                Ok(frames) => frames.iter().map(yuv_to_rgb).collect::<Vec<_>>(),
-                Err(e) => return Err(self.decode_error(e.to_string())),
-            };
-            self.pending.extend(rest);
-        }
+        Ok(self
+            .decode_next()?
+            .map(|(w, h, rgb)| self.make_frame(w, h, rgb)))
     }
 }
