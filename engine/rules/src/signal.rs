@@ -314,7 +314,7 @@ fn after_at(rest: &str) -> Option<String> {
         && when.as_bytes()[7] == b'-'
         && when.as_bytes()[13] == b':'
         && when.as_bytes()[16] == b':'
-        && when[..4].bytes().all(|b| b.is_ascii_digit());
+        && when.as_bytes()[..4].iter().all(u8::is_ascii_digit);
     ok.then(|| when.to_string())
 }
 
@@ -590,6 +590,31 @@ Winner: Right
         assert!(
             msg.contains("line 2") && msg.contains("Middle scores"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn odd_text_never_panics() {
+        let odd = [
+            "Recording started at 2é25-10-20 20:59:20\n",
+            "Phrase \u{e9}\u{e9} initialized at \n",
+            " \u{e9}s | HIT\n",
+            "s | x\n",
+            " 1.0s |\n",
+            " 1.0s | HIT:\n",
+            "Scores ->\n",
+            "Lockout active (\u{e9}s window)\n",
+            "\u{feff} 0.000s | Phrase recording started\n",
+            " 1e400s | Phrase recording ended\n",
+            " NaNs | Phrase recording ended\n",
+        ];
+        for text in odd {
+            let _ = parse_signal(text);
+        }
+        assert!(parse_signal("\u{feff} 0.000s | Phrase recording started\n").is_ok());
+        assert!(
+            parse_signal(" 1e400s | Phrase recording ended\n").is_err(),
+            "infinite time"
         );
     }
 
