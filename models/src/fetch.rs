@@ -324,13 +324,24 @@ fn read_source_file(path: &Path) -> Result<(Vec<u8>, String), FetchError> {
 }
 
 fn temp_dir() -> Result<PathBuf, FetchError> {
-    let d = std::env::temp_dir().join(format!("referee-fetch-{}", std::process::id()));
+    static COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let d = std::env::temp_dir().join(format!("referee-fetch-{}-{n}", std::process::id()));
     std::fs::create_dir_all(&d).map_err(io(&d))?;
     Ok(d)
 }
 
 fn pip_download() -> Result<PathBuf, FetchError> {
     let dir = temp_dir()?;
+    let res = pip_download_into(&dir);
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    res
+}
+
+fn pip_download_into(dir: &Path) -> Result<PathBuf, FetchError> {
+    let dir = dir.to_path_buf();
     let mut last_err = String::from("neither `pip` nor `python3 -m pip` could be run");
     let attempts: [(&str, &[&str]); 3] = [("pip", &[]), ("pip3", &[]), ("python3", &["-m", "pip"])];
     for (prog, pre) in attempts {
@@ -364,6 +375,14 @@ fn pip_download() -> Result<PathBuf, FetchError> {
 
 fn curl_download(url: &str) -> Result<PathBuf, FetchError> {
     let dir = temp_dir()?;
+    let res = curl_download_into(url, &dir);
+    if res.is_err() {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    res
+}
+
+fn curl_download_into(url: &str, dir: &Path) -> Result<PathBuf, FetchError> {
     let name = url
         .rsplit('/')
         .next()
