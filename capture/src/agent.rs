@@ -56,6 +56,9 @@ pub struct AgentConfig {
     pub undistort: Option<UndistortHint>,
     /// Un-acknowledged frames kept for resending after a reconnect.
     pub ring_capacity: usize,
+    /// The source is live (a camera): when the ring is full its oldest frame is dropped (and
+    /// counted as lost if never acked) instead of pausing capture. Real-time pacing implies it.
+    pub live_source: bool,
     /// Frame streams in flight at once.
     pub max_inflight: usize,
     /// Consecutive failed connection attempts before giving up.
@@ -94,6 +97,7 @@ impl AgentConfig {
             fps: None,
             undistort: None,
             ring_capacity: 512,
+            live_source: false,
             max_inflight: 16,
             max_retries: 8,
             backoff_initial: Duration::from_millis(100),
@@ -322,15 +326,11 @@ fn ack_count(ack: &Ack) -> u64 {
 struct State {
     started: Instant,
     stats: AgentStats,
-    /// Un-acked frames, in frame order.
-    ring: VecDeque<OutFrame>,
-    /// Frames evicted from the ring before being acked.
-    evicted: Vec<u64>,
+    /// Un-acked frames, filled by the capture thread.
+    ring: Arc<Ring>,
     last_ack: Ack,
-    /// Frames captured so far (the next frame number).
-    next_frame: u64,
-    first_ts_us: Option<u64>,
-    producer_done: bool,
+    /// Frame number of the next frame never sent yet.
+    next_new: u64,
     session_started_once: bool,
     /// Connections that reached `SessionStarted`.
     sessions_started: u32,
@@ -348,39 +348,142 @@ struct State {
 
 impl State {
     fn apply_ack(&mut self, ack: Ack) {
-        self.ring.retain(|f| !ack_covers(&ack, f.frame));
+        let queue = self.ring.apply_ack(&ack);
         self.stats.frames_acked = self.stats.frames_acked.max(ack_count(&ack));
         self.last_ack = ack;
-        self.stats.queue = self.ring.len() as u64;
-    }
-
-    fn push_ring(&mut self, f: OutFrame, capacity: usize) {
-        while self.ring.len() >= capacity.max(1) {
-            if let Some(old) = self.ring.pop_front() {
-                self.evicted.push(old.frame);
-            }
-        }
-        self.ring.push_back(f);
-        self.stats.queue = self.ring.len() as u64;
+        self.stats.queue = queue as u64;
     }
 
     fn refresh(&mut self) {
+        let (captured, queue, lost) = self.ring.counts(&self.last_ack);
+        self.stats.frames_captured = captured;
+        self.stats.queue = queue as u64;
+        self.stats.lost = lost;
         let t = self.started.elapsed().as_secs_f64();
         self.stats.elapsed_s = t;
         if t > 0.0 {
-            self.stats.fps = self.stats.frames_captured as f64 / t;
+            self.stats.fps = captured as f64 / t;
             self.stats.mb_per_s = self.stats.bytes_sent as f64 / t / 1e6;
         }
-        self.stats.lost = self
-            .evicted
-            .iter()
-            .filter(|&&n| !ack_covers(&self.last_ack, n))
-            .count() as u64;
+    }
+}
+
+/// The ring of un-acknowledged frames, shared by the capture thread (which pushes) and the
+/// network side (which sends, resends and drops acked frames).
+struct Ring {
+    inner: std::sync::Mutex<RingInner>,
+    /// Wakes the capture thread when space frees up (blocking policy).
+    space: std::sync::Condvar,
+    /// Wakes the network side when a frame arrives or the source ends.
+    arrived: tokio::sync::Notify,
+    capacity: usize,
+    /// Full ring: evict the oldest frame (live sources) or wait for acks (files, fast mode).
+    evict_when_full: bool,
+}
+
+#[derive(Default)]
+struct RingInner {
+    frames: VecDeque<OutFrame>,
+    /// Frames evicted before being acknowledged.
+    evicted: Vec<u64>,
+    captured: u64,
+    first_ts_us: Option<u64>,
+    done: bool,
+    error: Option<AgentError>,
+}
+
+impl Ring {
+    fn lock(&self) -> std::sync::MutexGuard<'_, RingInner> {
+        // A panic elsewhere cannot leave the ring half-updated in a way that matters here.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// All captured frames are acknowledged.
-    fn all_acked(&self) -> bool {
-        self.ring.is_empty()
+    /// Adds a frame (capture thread). Returns false if the agent is stopping.
+    fn push(&self, f: OutFrame, stop: &AtomicBool) -> bool {
+        let mut g = self.lock();
+        while g.frames.len() >= self.capacity {
+            if self.evict_when_full {
+                if let Some(old) = g.frames.pop_front() {
+                    g.evicted.push(old.frame);
+                }
+            } else {
+                if stop.load(Ordering::Relaxed) {
+                    return false;
+                }
+                g = match self.space.wait_timeout(g, Duration::from_millis(100)) {
+                    Ok((g, _)) => g,
+                    Err(p) => p.into_inner().0,
+                };
+            }
+        }
+        g.captured += 1;
+        g.first_ts_us.get_or_insert(f.capture_ts_us);
+        g.frames.push_back(f);
+        drop(g);
+        self.arrived.notify_one();
+        true
+    }
+
+    /// Marks the end of the source (capture thread), with the error that ended it, if any.
+    fn finish(&self, error: Option<AgentError>) {
+        let mut g = self.lock();
+        g.done = true;
+        g.error = error;
+        drop(g);
+        self.arrived.notify_one();
+    }
+
+    fn apply_ack(&self, ack: &Ack) -> usize {
+        let mut g = self.lock();
+        g.frames.retain(|f| !ack_covers(ack, f.frame));
+        let n = g.frames.len();
+        drop(g);
+        self.space.notify_all();
+        n
+    }
+
+    /// (frames captured, frames in the ring, evicted frames the ack does not cover).
+    fn counts(&self, ack: &Ack) -> (u64, usize, u64) {
+        let g = self.lock();
+        let lost = g.evicted.iter().filter(|&&n| !ack_covers(ack, n)).count() as u64;
+        (g.captured, g.frames.len(), lost)
+    }
+
+    /// Un-acked frames numbered below `next_new` (already sent once), for resending.
+    fn unsent_before(&self, next_new: u64) -> VecDeque<OutFrame> {
+        self.lock()
+            .frames
+            .iter()
+            .filter(|f| f.frame < next_new)
+            .cloned()
+            .collect()
+    }
+
+    /// The first frame numbered `next_new` or more (never sent yet).
+    fn next_new(&self, next_new: u64) -> Option<OutFrame> {
+        self.lock()
+            .frames
+            .iter()
+            .find(|f| f.frame >= next_new)
+            .cloned()
+    }
+
+    /// True once the source ended and every captured frame was handed out.
+    fn exhausted(&self, next_new: u64) -> bool {
+        let g = self.lock();
+        g.done && g.frames.iter().all(|f| f.frame < next_new)
+    }
+
+    fn take_error(&self) -> Option<AgentError> {
+        self.lock().error.take()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.lock().frames.is_empty()
+    }
+
+    fn first_ts_us(&self) -> Option<u64> {
+        self.lock().first_ts_us
     }
 }
 
@@ -404,8 +507,14 @@ pub async fn run_agent(
     let info = source.info().clone();
     let pacer = Pacer::new(cfg.pacing).map_err(|e| AgentError::Config(e.to_string()))?;
     let endpoint = referee_transport::client_endpoint_for(&cfg.trust, cfg.server)?;
-    let (frame_tx, mut frame_rx) = mpsc::channel::<Result<OutFrame, AgentError>>(4);
-    let producer = spawn_producer(source, cfg.encoding, pacer, cfg.stop.clone(), frame_tx);
+    let ring = Arc::new(Ring {
+        inner: Default::default(),
+        space: Default::default(),
+        arrived: Default::default(),
+        capacity: cfg.ring_capacity,
+        evict_when_full: cfg.live_source || matches!(cfg.pacing, Pacing::RealTime { .. }),
+    });
+    let producer = spawn_producer(source, cfg.encoding, pacer, cfg.stop.clone(), ring.clone());
 
     let (mut watch_rx, once_signal) = match signal {
         Some(SignalInput::Watch { dir, poll }) => {
@@ -418,12 +527,9 @@ pub async fn run_agent(
     let mut st = State {
         started: Instant::now(),
         stats: AgentStats::default(),
-        ring: VecDeque::new(),
-        evicted: Vec::new(),
+        ring,
         last_ack: Ack::default(),
-        next_frame: 0,
-        first_ts_us: None,
-        producer_done: false,
+        next_new: 0,
         session_started_once: false,
         sessions_started: 0,
         pending_signals: Vec::new(),
@@ -437,7 +543,6 @@ pub async fn run_agent(
         done: false,
     };
 
-    let realtime = matches!(cfg.pacing, Pacing::RealTime { .. });
     let mut failures = 0u32;
     let mut delay = cfg.backoff_initial;
     let result = loop {
@@ -448,7 +553,6 @@ pub async fn run_agent(
             &cfg,
             &info,
             &mut st,
-            &mut frame_rx,
             &mut watch_rx,
             &mut progress,
         )
@@ -476,27 +580,14 @@ pub async fn run_agent(
                 );
                 tracing::warn!("{text}");
                 progress.message(&text);
-                // Keep capturing while waiting when pacing is real time (like a live camera):
-                // the ring holds what it can and counts what it must drop.
-                let until = tokio::time::Instant::now() + delay;
-                let mut source_failed = None;
-                while source_failed.is_none() {
-                    tokio::select! {
-                        _ = tokio::time::sleep_until(until) => break,
-                        f = frame_rx.recv(), if realtime && !st.producer_done => {
-                            source_failed = take_frame(&mut st, f, cfg.ring_capacity).err();
-                        }
-                    }
-                }
-                if let Some(e) = source_failed {
-                    break Err(e);
-                }
+                // The capture thread keeps filling the ring meanwhile (evicting the oldest
+                // frames of a live source when it is full).
+                tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(cfg.backoff_max);
             }
         }
     };
     cfg.stop.store(true, Ordering::Relaxed);
-    drop(frame_rx);
     let _ = producer.await;
     endpoint.close(referee_transport::CLOSE_OK, b"agent done");
     // Let the close frame leave (bounded).
@@ -520,58 +611,45 @@ pub async fn run_agent(
     })
 }
 
-/// Records a frame from the producer in the ring. Returns it for sending.
-fn take_frame(
-    st: &mut State,
-    f: Option<Result<OutFrame, AgentError>>,
-    capacity: usize,
-) -> Result<Option<OutFrame>, AgentError> {
-    match f {
-        None => {
-            st.producer_done = true;
-            Ok(None)
-        }
-        Some(Err(e)) => Err(e),
-        Some(Ok(frame)) => {
-            st.stats.frames_captured += 1;
-            st.next_frame = frame.frame + 1;
-            st.first_ts_us.get_or_insert(frame.capture_ts_us);
-            st.push_ring(frame.clone(), capacity);
-            Ok(Some(frame))
-        }
-    }
-}
-
 fn spawn_producer(
     mut source: Box<dyn FrameSource>,
     encoding: Encoding,
     mut pacer: Pacer,
     stop: Arc<AtomicBool>,
-    tx: mpsc::Sender<Result<OutFrame, AgentError>>,
+    ring: Arc<Ring>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::task::spawn_blocking(move || {
         let mut n = 0u64;
+        let mut error = None;
         while !stop.load(Ordering::Relaxed) {
             pacer.wait_blocking();
-            let item = match source.next_frame() {
+            let frame = match source.next_frame() {
                 Ok(None) => break,
-                Ok(Some(frame)) => match encode(&frame, encoding) {
-                    Ok((enc, bytes)) => Ok(OutFrame {
-                        frame: n,
-                        capture_ts_us: frame.capture_ts_us,
-                        encoding: enc,
-                        bytes: Arc::new(bytes),
-                    }),
-                    Err(e) => Err(AgentError::Encode(e)),
-                },
-                Err(e) => Err(AgentError::Source(e)),
+                Ok(Some(frame)) => frame,
+                Err(e) => {
+                    error = Some(AgentError::Source(e));
+                    break;
+                }
             };
-            let failed = item.is_err();
-            if tx.blocking_send(item).is_err() || failed {
+            let (enc, bytes) = match encode(&frame, encoding) {
+                Ok(x) => x,
+                Err(e) => {
+                    error = Some(AgentError::Encode(e));
+                    break;
+                }
+            };
+            let out = OutFrame {
+                frame: n,
+                capture_ts_us: frame.capture_ts_us,
+                encoding: enc,
+                bytes: Arc::new(bytes),
+            };
+            if !ring.push(out, &stop) {
                 break;
             }
             n += 1;
         }
+        ring.finish(error);
     })
 }
 
@@ -695,7 +773,6 @@ async fn connection(
     cfg: &AgentConfig,
     info: &SourceInfo,
     st: &mut State,
-    frame_rx: &mut mpsc::Receiver<Result<OutFrame, AgentError>>,
     watch_rx: &mut Option<mpsc::Receiver<(String, Vec<u8>)>>,
     progress: &mut impl ProgressSink,
 ) -> Result<(), Failure> {
@@ -706,7 +783,7 @@ async fn connection(
         cfg.handshake_timeout,
     )
     .await?;
-    let result = session_on(&conn, cfg, info, st, frame_rx, watch_rx, progress).await;
+    let result = session_on(&conn, cfg, info, st, watch_rx, progress).await;
     match &result {
         Ok(()) => conn.close(referee_transport::CLOSE_OK, b"session ended"),
         Err(Failure::Fatal(_)) => conn.close(referee_transport::CLOSE_PROTOCOL, b"agent stopping"),
@@ -721,7 +798,6 @@ async fn session_on(
     cfg: &AgentConfig,
     info: &SourceInfo,
     st: &mut State,
-    frame_rx: &mut mpsc::Receiver<Result<OutFrame, AgentError>>,
     watch_rx: &mut Option<mpsc::Receiver<(String, Vec<u8>)>>,
     progress: &mut impl ProgressSink,
 ) -> Result<(), Failure> {
@@ -775,7 +851,7 @@ async fn session_on(
             "resumed session {} at frame {} ({} frames to resend)",
             cfg.session_id,
             st.last_ack.next_expected,
-            st.ring.len()
+            st.ring.unsent_before(st.next_new).len()
         )
     } else {
         format!("session {} started", cfg.session_id)
@@ -787,7 +863,7 @@ async fn session_on(
     }
 
     // Everything in the ring not covered by the server's ack goes again, oldest first.
-    let mut resend: VecDeque<OutFrame> = st.ring.iter().cloned().collect();
+    let mut resend: VecDeque<OutFrame> = st.ring.unsent_before(st.next_new);
     // Signals sent before the loss whose verdict never came are sent again (same phrase).
     for (_, sig, at) in st.pending_signals.iter_mut() {
         write_msg(&mut ctrl, &ClientMsg::Signal(sig.clone())).await?;
@@ -849,12 +925,21 @@ async fn session_on(
             st.stats.frames_resent += 1;
             spawn_send(&mut sends, f);
         }
-        // A full ring evicts its oldest frame (already written, normally delivered); frames
-        // evicted and never acked are reported as lost at the end.
-        let can_take = !st.producer_done && resend.is_empty() && sends.len() < cfg.max_inflight;
+        if let Some(e) = st.ring.take_error() {
+            return Err(Failure::Fatal(e));
+        }
+        // New frames go out once the resend queue is empty, up to `max_inflight` at a time.
+        if resend.is_empty() && sends.len() < cfg.max_inflight {
+            if let Some(f) = st.ring.next_new(st.next_new) {
+                st.next_new = f.frame + 1;
+                spawn_send(&mut sends, f);
+                continue;
+            }
+        }
+        let source_done = st.ring.exhausted(st.next_new);
 
         // End-of-stream phases, once every frame has been written.
-        if st.producer_done && resend.is_empty() && sends.is_empty() {
+        if source_done && resend.is_empty() && sends.is_empty() {
             let now = Instant::now();
             let all_sent_at = *st.all_sent_at.get_or_insert(now);
             if let (Some((filename, bytes)), false) = (&st.once_signal, st.once_signal_sent) {
@@ -863,7 +948,7 @@ async fn session_on(
                     phrase: st.next_phrase,
                     filename: filename.clone(),
                     bytes: bytes.clone(),
-                    phrase_start_us: st.first_ts_us,
+                    phrase_start_us: st.ring.first_ts_us(),
                 };
                 write_msg(&mut ctrl, &ClientMsg::Signal(sig.clone())).await?;
                 st.pending_signals.push((st.next_phrase, sig, now));
@@ -871,14 +956,15 @@ async fn session_on(
                 st.once_signal_sent = true;
                 progress.message(&format!(
                     "all {} frames sent; signal {filename} sent, waiting for the verdict",
-                    st.stats.frames_captured
+                    st.next_new
                 ));
             }
-            let acks_settled = st.all_acked() || now.duration_since(all_sent_at) > cfg.ack_timeout;
+            let acks_settled =
+                st.ring.is_empty() || now.duration_since(all_sent_at) > cfg.ack_timeout;
             if !st.end_sent && st.pending_signals.is_empty() && acks_settled {
-                if !st.all_acked() {
+                if !st.ring.is_empty() {
                     tracing::warn!(
-                        unacked = st.ring.len(),
+                        unacked = st.ring.counts(&st.last_ack).1,
                         "ending although some frames were never acknowledged"
                     );
                 }
@@ -922,11 +1008,7 @@ async fn session_on(
                     None => {}
                 }
             }
-            f = frame_rx.recv(), if can_take => {
-                if let Some(frame) = take_frame(st, f, cfg.ring_capacity).map_err(Failure::Fatal)? {
-                    spawn_send(&mut sends, frame);
-                }
-            }
+            _ = st.ring.arrived.notified(), if !source_done => {}
             sig = recv_opt(watch_rx) => {
                 match sig {
                     Some((filename, bytes)) => {

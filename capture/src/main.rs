@@ -255,6 +255,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     cfg.pacing = pacing;
     cfg.fps = Some(fps);
     cfg.ring_capacity = cli.ring;
+    cfg.live_source = cli.camera.is_some();
     cfg.max_retries = cli.retries;
     tracing::info!(
         source = %info.name, width = info.width, height = info.height, fps,

@@ -62,6 +62,7 @@ async fn fake_daemon(
     seen: Arc<Mutex<Seen>>,
     drop_after: Option<u64>,
     token: &'static str,
+    pause: Duration,
 ) {
     while let Some(inc) = endpoint.accept().await {
         let Ok(conn) = referee_transport::accept(inc, Duration::from_secs(5)).await else {
@@ -181,12 +182,24 @@ async fn fake_daemon(
             }
         }
         frames.abort();
+        if first {
+            // Stay away for a while (the agent keeps capturing meanwhile).
+            tokio::time::sleep(pause).await;
+        }
     }
 }
 
 fn setup(
     drop_after: Option<u64>,
     token: &'static str,
+) -> (AgentConfig, Arc<Mutex<Seen>>, quinn::Endpoint) {
+    setup_with_pause(drop_after, token, Duration::ZERO)
+}
+
+fn setup_with_pause(
+    drop_after: Option<u64>,
+    token: &'static str,
+    pause: Duration,
 ) -> (AgentConfig, Arc<Mutex<Seen>>, quinn::Endpoint) {
     let id = ServerIdentity::generate_self_signed(&["localhost".into()]).unwrap();
     let endpoint = server_endpoint(
@@ -202,6 +215,7 @@ fn setup(
         seen.clone(),
         drop_after,
         token,
+        pause,
     ));
     let mut cfg = AgentConfig::new(
         addr,
@@ -220,7 +234,9 @@ fn setup(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_resumes_after_a_dropped_connection_and_every_frame_arrives_once() {
-    let (cfg, seen, _ep) = setup(Some(DROP_AFTER), "capture-token");
+    let (mut cfg, seen, _ep) = setup(Some(DROP_AFTER), "capture-token");
+    // As fast as possible: many frames are in flight when the connection drops.
+    cfg.pacing = Pacing::AsFastAsPossible;
     let source = Box::new(Synthetic::new(64, 48, 30.0, Some(FRAMES)).unwrap());
     let signal = SignalInput::Once {
         filename: "signal.txt".into(),
@@ -263,6 +279,10 @@ async fn agent_resumes_after_a_dropped_connection_and_every_frame_arrives_once()
     assert_eq!(st.frames_acked, FRAMES);
     assert_eq!(st.lost, 0);
     assert!(st.reconnects >= 1);
+    assert!(
+        st.frames_resent > 0,
+        "frames in flight at the drop are resent"
+    );
     assert_eq!(
         outcome.verdict.as_ref().map(|v| v.winner),
         Some(Winner::Left)
@@ -329,4 +349,74 @@ async fn an_unreachable_daemon_is_given_up_after_the_retries() {
     .unwrap_err();
     assert!(matches!(e, AgentError::GaveUp { attempts: 3, .. }), "{e:?}");
     assert_eq!(e.exit_code(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ring_overflow_during_an_outage_is_reported_as_lost_frames() {
+    const N: u64 = 60;
+    let (mut cfg, seen, _ep) =
+        setup_with_pause(Some(10), "capture-token", Duration::from_millis(400));
+    cfg.ring_capacity = 8;
+    cfg.pacing = Pacing::RealTime { fps: 100.0 };
+    let source = Box::new(Synthetic::new(64, 48, 30.0, Some(N)).unwrap());
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_agent(cfg, source, None, NoProgress),
+    )
+    .await
+    .expect("agent timed out")
+    .expect("agent failed");
+    let s = seen.lock().unwrap();
+    let st = &outcome.stats;
+    println!("agent stats: {st:?}; frames received: {}", s.counts.len());
+    assert!(s.connections >= 2);
+    assert!(
+        st.lost > 0,
+        "a ring of 8 frames cannot hold a 400 ms outage at 100 fps"
+    );
+    assert!(s.counts.values().all(|c| *c == 1), "no duplicates");
+    assert_eq!(st.frames_captured, N);
+    assert_eq!(
+        s.counts.len() as u64 + st.lost,
+        N,
+        "every frame either arrived or is counted as lost"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_mode_closes_a_phrase_for_each_new_signal_log() {
+    let (mut cfg, seen, _ep) = setup(None, "capture-token");
+    cfg.pacing = Pacing::RealTime { fps: 60.0 };
+    let stop = cfg.stop.clone();
+    let dir = tempfile::tempdir().unwrap();
+    // A log already present before the agent starts is not a new phrase.
+    std::fs::write(dir.path().join("old.txt"), "0.000 | old\n").unwrap();
+    let signal = SignalInput::Watch {
+        dir: dir.path().to_path_buf(),
+        poll: Duration::from_millis(50),
+    };
+    let source = Box::new(Synthetic::new(64, 48, 60.0, None).unwrap());
+    let agent = tokio::spawn(run_agent(cfg, source, Some(signal), NoProgress));
+    for name in ["phrase-a.txt", "phrase-b.txt"] {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        std::fs::write(dir.path().join(name), format!("0.000 | {name}\n")).unwrap();
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while seen.lock().unwrap().signals.len() < 2 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcome = tokio::time::timeout(Duration::from_secs(20), agent)
+        .await
+        .expect("agent timed out")
+        .unwrap()
+        .expect("agent failed");
+    let s = seen.lock().unwrap();
+    let names: Vec<&str> = s.signals.iter().map(|x| x.filename.as_str()).collect();
+    assert_eq!(names, ["phrase-a.txt", "phrase-b.txt"]);
+    let phrases: Vec<u32> = outcome.verdicts.iter().map(|v| v.phrase).collect();
+    assert_eq!(phrases, [0, 1]);
+    assert!(s.ended);
+    assert!(s.counts.values().all(|c| *c == 1));
+    assert_eq!(s.counts.len() as u64, outcome.stats.frames_captured);
 }
