@@ -35,7 +35,7 @@ pub(crate) struct ArtifactJob {
 }
 
 /// Writes the artifacts on a background thread; failures are logged and counted.
-pub(crate) fn spawn(job: ArtifactJob) {
+pub(crate) fn spawn(job: ArtifactJob) -> Option<std::thread::JoinHandle<()>> {
     let spawned = std::thread::Builder::new()
         .name("referee-artifacts".into())
         .spawn(move || {
@@ -48,8 +48,12 @@ pub(crate) fn spawn(job: ArtifactJob) {
                 }
             }
         });
-    if let Err(e) = spawned {
-        warn!(error = %e, "cannot start the artifact writer thread");
+    match spawned {
+        Ok(handle) => Some(handle),
+        Err(e) => {
+            warn!(error = %e, "cannot start the artifact writer thread");
+            None
+        }
     }
 }
 

@@ -127,12 +127,7 @@ impl Daemon {
                 source: e,
             },
         })?;
-        let http_port = if s.server.port == 0 {
-            s.server.http_port.unwrap_or(0)
-        } else {
-            s.server.effective_http_port()
-        };
-        let http_addr = SocketAddr::new(s.server.host, http_port);
+        let http_addr = SocketAddr::new(s.server.host, s.server.effective_http_port());
         let listener = tokio::net::TcpListener::bind(http_addr)
             .await
             .map_err(|source| DaemonError::Http {

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod decode;
 pub mod feed;
 pub mod http;
+pub mod offline;
 mod phrase;
 pub mod pipeline;
 pub mod rectify;

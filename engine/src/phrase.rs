@@ -43,9 +43,10 @@ struct Pending {
     signal: Signal,
     timeline: Timeline,
     received_at: Instant,
-    /// Frames numbered up to this one that were admitted must be processed before deciding.
+    /// The frame at the phrase's start (signal times are seconds from this frame).
+    origin_frame: u64,
+    /// The frame at the phrase's end: frames up to it are waited for before deciding.
     end_frame: u64,
-    deadline: Instant,
 }
 
 /// Track-stage state of one session.
@@ -62,6 +63,8 @@ pub(crate) struct PhraseTracker {
     rectified: (usize, usize),
     pending: Option<Pending>,
     phrases_decided: u32,
+    /// When the last frame came out of the pipeline (for the signal wait).
+    last_arrival: Instant,
 }
 
 impl PhraseTracker {
@@ -80,6 +83,7 @@ impl PhraseTracker {
             rectified: (0, 0),
             pending: None,
             phrases_decided: 0,
+            last_arrival: Instant::now(),
         }
     }
 
@@ -88,6 +92,7 @@ impl PhraseTracker {
         if !self.arrived.insert(posed.frame) {
             return;
         }
+        self.last_arrival = Instant::now();
         if posed.frame < self.next_frame {
             // The reorder window moved past this frame while it was in flight.
             self.session
@@ -217,44 +222,76 @@ impl PhraseTracker {
             );
             self.decide(shared);
         }
-        // Wait only for frames already admitted (in flight) up to the phrase's end.
-        let admitted_max = {
-            let acks = self.session.acks.lock();
-            let ack = acks.to_ack();
-            ack.received_ranges
-                .last()
-                .map(|r| r.1.saturating_sub(1))
-                .unwrap_or(ack.next_expected.saturating_sub(1))
+        let origin_frame = match signal.phrase_start_us {
+            Some(us) => self.frame_at_capture_time(us),
+            None => 0,
         };
-        let end_frame = match (signal.phrase_start_us, timeline.phrase_end()) {
-            (None, Some(end)) => admitted_max.min((end * self.fps).ceil() as u64 + 1),
-            _ => admitted_max,
-        };
+        // Frame k shows [k/fps, (k+1)/fps): the last frame of the phrase is the one that
+        // starts strictly before its end.
+        let phrase_frames = timeline.phrase_end().map_or(0, |end| {
+            (end.max(0.0) * self.fps - 1e-6).floor().max(0.0) as u64
+        });
+        let end_frame = origin_frame
+            .saturating_add(phrase_frames)
+            .min(shared.cfg.max_frames_per_session.saturating_sub(1));
         self.pending = Some(Pending {
             signal,
             timeline,
             received_at,
+            origin_frame,
             end_frame,
-            deadline: received_at + shared.cfg.signal_wait,
         });
         self.try_decide(shared);
     }
 
-    /// Decides when every admitted frame up to the phrase's end has arrived, or the wait expired.
+    /// The frame whose capture time is nearest `us` (the phrase's first frame in watch mode).
+    fn frame_at_capture_time(&self, us: u64) -> u64 {
+        let in_buffer = self.reorder.values().map(|p| (p.frame, p.capture_ts_us));
+        let tracked = self
+            .poses
+            .iter()
+            .map(|p| (p.tracked.frame, p.capture_ts_us));
+        tracked
+            .chain(in_buffer)
+            .min_by_key(|(_, ts)| ts.abs_diff(us))
+            .map_or(0, |(frame, _)| frame)
+    }
+
+    /// Decides once every frame up to the phrase's end is through the pipeline. Frames the
+    /// agent has not delivered yet are waited for while frames keep arriving; gaps (frames that
+    /// never came while later ones did) are not, and after `signal_wait` without any new frame
+    /// the verdict is given with what is there.
     fn try_decide(&mut self, shared: &Shared) {
         let Some(p) = &self.pending else { return };
-        let admitted = self.session.acks.lock().count_upto(p.end_frame);
+        let (admitted, admitted_max) = {
+            let acks = self.session.acks.lock();
+            let ack = acks.to_ack();
+            let max = ack
+                .received_ranges
+                .last()
+                .map(|r| r.1)
+                .unwrap_or(ack.next_expected)
+                .checked_sub(1);
+            (acks.count_upto(p.end_frame), max)
+        };
         let arrived = self.arrived.count_upto(p.end_frame);
-        if arrived >= admitted || Instant::now() >= p.deadline {
-            if arrived < admitted {
-                warn!(
-                    session = self.session.id(),
-                    missing = admitted - arrived,
-                    "deciding without frames still in flight (signal wait expired)"
-                );
-            }
-            self.decide(shared);
+        let in_flight = arrived < admitted;
+        let more_expected = admitted_max.is_none_or(|m| m < p.end_frame);
+        let quiet_since = self.last_arrival.max(p.received_at);
+        let waited_enough = quiet_since.elapsed() >= shared.cfg.signal_wait;
+        if (in_flight || more_expected) && !waited_enough {
+            return;
         }
+        if in_flight || more_expected {
+            warn!(
+                session = self.session.id(),
+                missing_in_flight = admitted - arrived,
+                last_frame = ?admitted_max,
+                end_frame = p.end_frame,
+                "deciding without every frame up to the phrase end (signal wait expired)"
+            );
+        }
+        self.decide(shared);
     }
 
     fn decide(&mut self, shared: &Shared) {
@@ -266,11 +303,12 @@ impl PhraseTracker {
         )
         .entered();
         self.drain(shared, Some(p.end_frame));
-        let decision = match p.signal.phrase_start_us {
-            // One phrase per session: the incremental features are already up to date.
-            None if self.phrases_decided == 0 => self.analyzer.decide(&p.timeline),
+        let decision = if p.origin_frame == 0 && self.phrases_decided == 0 {
+            // The phrase started with the session: the incremental features are up to date.
+            self.analyzer.decide(&p.timeline)
+        } else {
             // Continuous bout: the phrase is the window the log describes.
-            _ => self.reanalyze(&p),
+            self.reanalyze(&p)
         };
         let latency = p.received_at.elapsed();
         let report = self.report(&p, &decision, latency);
@@ -302,12 +340,16 @@ impl PhraseTracker {
                 poses: self.poses.clone(),
                 timeline: p.timeline.clone(),
                 rectified: self.rectified,
-                overlay: self.overlay_frame(&p.timeline),
+                overlay: self.overlay_frame(&p.timeline, p.origin_frame),
                 rectify: self.session.rectify.clone(),
             };
-            crate::artifacts_job::spawn(job);
+            if let Some(handle) = crate::artifacts_job::spawn(job) {
+                let mut writers = shared.artifact_writers.lock();
+                writers.retain(|h| !h.is_finished());
+                writers.push(handle);
+            }
         }
-        if p.signal.phrase_start_us.is_some() {
+        if self.phrases_decided > 0 {
             self.analyzer = PhraseAnalyzer::new(self.fps);
             self.analyzer
                 .set_frame_width(self.rectified.0.max(1) as f32);
@@ -317,20 +359,16 @@ impl PhraseTracker {
     }
 
     fn reanalyze(&self, p: &Pending) -> Decision {
-        let origin = p.signal.phrase_start_us;
         let mut analyzer = PhraseAnalyzer::new(self.fps);
         analyzer.set_frame_width(self.rectified.0.max(1) as f32);
         for tp in &self.poses {
-            let t = match origin {
-                Some(o) => (tp.capture_ts_us as f64 - o as f64) / 1e6,
-                None => tp.t,
-            };
-            if t < 0.0 || tp.tracked.frame > p.end_frame {
+            let f = tp.tracked.frame;
+            if f < p.origin_frame || f > p.end_frame {
                 continue;
             }
             analyzer.push(&PoseFrame {
-                frame: tp.tracked.frame,
-                t,
+                frame: f,
+                t: (f - p.origin_frame) as f64 / self.fps,
                 left: tp.tracked.left,
                 right: tp.tracked.right,
             });
@@ -338,9 +376,9 @@ impl PhraseTracker {
         analyzer.decide(&p.timeline)
     }
 
-    fn overlay_frame(&self, timeline: &Timeline) -> Option<OverlayFrame> {
+    fn overlay_frame(&self, timeline: &Timeline, origin_frame: u64) -> Option<OverlayFrame> {
         let hit_t = timeline.first_hit().map_or(0.0, |(t, _)| t);
-        let target = (hit_t * self.fps).round().max(0.0) as u64;
+        let target = origin_frame + (hit_t * self.fps).round().max(0.0) as u64;
         let (frame, encoding, bytes) = self
             .ring
             .iter()

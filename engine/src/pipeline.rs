@@ -5,10 +5,10 @@
 //!                                                                           ^
 //!                                       control (signal / end / abort) -----+
 //! ```
-//! The network side must hold a [`FramePermit`] before it reads a frame's bytes. Permits bound the
-//! number of frames inside the pipeline, so every channel send below has room and never blocks a
-//! runtime thread; when permits run out the network side stops reading streams and QUIC flow
-//! control pushes back on the agent. A permit is released when its frame leaves the pose stage.
+//! A frame enters only with a [`FramePermit`]. Permits bound the number of frames inside the
+//! pipeline, so every channel send below has room and never blocks a runtime thread; when
+//! permits run out the network side stops reading streams and QUIC flow control pushes back on
+//! the agent. A permit is released when its frame leaves the pose stage.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -233,6 +233,8 @@ pub(crate) struct Shared {
     pub stats: EngineStats,
     pub shutdown: AtomicBool,
     pub verdicts: AtomicU64,
+    /// Artifact writers still running; joined at shutdown so no artifact is cut short.
+    pub artifact_writers: Mutex<Vec<JoinHandle<()>>>,
 }
 
 /// The running engine: owns the stage threads; cheap to clone.
@@ -261,6 +263,7 @@ impl Engine {
             stats: EngineStats::default(),
             shutdown: AtomicBool::new(false),
             verdicts: AtomicU64::new(0),
+            artifact_writers: Mutex::new(Vec::new()),
         });
         // Every channel can hold every permitted frame, so sends never block.
         let (decode_tx, decode_rx) = bounded::<FrameJob>(depth);
@@ -480,7 +483,7 @@ impl Engine {
             .ok_or_else(|| EngineError::UnknownSession(id.to_string()))
     }
 
-    /// Waits for room in the pipeline. Hold the permit before reading a frame's bytes.
+    /// Waits for room in the pipeline; the permit is consumed by [`Engine::submit`].
     pub async fn reserve(&self) -> Result<FramePermit, EngineError> {
         self.permits
             .clone()
@@ -615,6 +618,10 @@ impl Engine {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();
             }
+        }
+        let writers: Vec<_> = std::mem::take(&mut *self.shared.artifact_writers.lock());
+        for w in writers {
+            let _ = w.join();
         }
     }
 }

@@ -1,9 +1,10 @@
 //! The daemon's QUIC side: accepts agents and feed subscribers and connects them to the engine.
 //!
 //! One bidirectional control stream per connection carries length-prefixed postcard messages;
-//! each frame arrives on its own unidirectional stream. A frame stream is only accepted once the
-//! pipeline has room (a permit), so a full pipeline stops the reading and QUIC flow control
-//! slows the agent down; no runtime thread ever blocks.
+//! each frame arrives on its own unidirectional stream. A connection reads a few frames at a
+//! time, and each waits for room in the pipeline (a permit) before it is submitted, so a full
+//! pipeline stops the reading and QUIC flow control slows the agent down; no runtime thread
+//! ever blocks.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -286,16 +287,22 @@ async fn control_writer(
     let _ = send.finish();
 }
 
-/// Accepts frame streams, one at a time per free pipeline slot.
+/// Frame streams one connection may have open (being read or waiting for the pipeline).
+const READING_SLOTS: usize = 4;
+
+/// Accepts frame streams. A connection reads at most [`READING_SLOTS`] frames at a time and a
+/// frame waits for a pipeline permit only once its bytes are in: a slow or vanished agent ties
+/// up its own slots, never the pipeline. When the pipeline is full the slots stay taken, no
+/// more streams are accepted, and QUIC flow control slows the agent down.
 async fn frame_acceptor(
     conn: quinn::Connection,
     ctx: QuicContext,
     outbox: mpsc::UnboundedSender<ServerMsg>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(READING_SLOTS));
     loop {
-        let permit = match ctx.engine.reserve().await {
-            Ok(p) => p,
-            Err(_) => return,
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
         };
         let stream = match conn.accept_uni().await {
             Ok(s) => s,
@@ -305,6 +312,7 @@ async fn frame_acceptor(
         let limits = ctx.limits.frame_limits();
         let outbox = outbox.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let (header, bytes) = match read_frame(stream, &limits).await {
                 Ok(f) => f,
                 Err(e) => {
@@ -320,6 +328,9 @@ async fn frame_acceptor(
                 }
             };
             let id = header.session_id.clone();
+            let Ok(permit) = engine.reserve().await else {
+                return;
+            };
             match engine.submit(permit, header, bytes) {
                 Ok(Admission::Accepted | Admission::Duplicate) => {}
                 Err(e) => {

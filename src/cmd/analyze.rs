@@ -14,8 +14,13 @@ pub struct Args {
     #[arg(long)]
     pub signal: PathBuf,
     /// The old pipeline's keypoints workbook (sheets left_x, left_y, right_x, right_y).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "video")]
     pub keypoints: Option<PathBuf>,
+    /// A video of the phrase (MP4/H.264, or any format ffmpeg reads): runs the daemon's whole
+    /// pipeline (decode, undistort, pose, tracking, referee) in this process, and writes the
+    /// artifacts to the output directory (REFEREE_OUTPUT_DIR, default ./referee-output).
+    #[arg(long)]
+    pub video: Option<PathBuf>,
     /// Frame rate of the keypoints (frame i is at i / fps seconds from the phrase start).
     /// Default: inferred from the workbook's row count and the log (15 or 30 fps).
     #[arg(long)]
@@ -85,10 +90,20 @@ pub fn print_human(d: &Decision) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(video) = args.video.as_deref() {
+        let settings = super::load_settings(None, &[])?;
+        let verdict = super::analyze_video::analyze_video(video, &args.signal, &settings)?;
+        if args.json {
+            println!("{}", verdict.detail_json);
+        } else {
+            super::demo::print_verdict(&verdict);
+        }
+        return Ok(());
+    }
     let Some(keypoints) = args.keypoints.as_deref() else {
         anyhow::bail!(
             "nothing to analyse: give --keypoints K.xlsx (the old pipeline's keypoints workbook) \
-             together with --signal"
+             or --video V, together with --signal"
         );
     };
     let decision = analyze_files(&args.signal, keypoints, args.fps)?;

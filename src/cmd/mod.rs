@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `Args` (clap) and `run`.
 
 pub mod analyze;
+pub mod analyze_video;
 pub mod bench;
 pub mod demo;
 pub mod evaluate;
@@ -16,9 +17,90 @@ pub fn init_logging(flag: Option<&str>) {
         .map(str::to_string)
         .or_else(|| std::env::var("REFEREE_LOG_LEVEL").ok())
         .map(EnvFilter::new)
-        .unwrap_or_else(|| EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")));
+        .unwrap_or_else(|| {
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
+        });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+/// Settings from `--config`, then REFEREE_* variables, then each `--set KEY=VALUE`.
+pub fn load_settings(
+    file: Option<&std::path::Path>,
+    overrides: &[String],
+) -> anyhow::Result<referee_config::Settings> {
+    use anyhow::Context;
+    let mut s = referee_config::Settings::load(file).context("loading settings")?;
+    for pair in overrides {
+        s.set_pair(pair).context("applying --set")?;
+    }
+    s.validate().context("checking settings")?;
+    Ok(s)
+}
+
+/// Pose options from the settings.
+fn pose_options(s: &referee_config::Settings) -> referee_models::PoseOptions {
+    referee_models::PoseOptions {
+        input_width: s.pose.width as usize,
+        input_height: s.pose.height as usize,
+        ..Default::default()
+    }
+}
+
+fn weights_path(s: &referee_config::Settings) -> std::path::PathBuf {
+    s.pose
+        .model
+        .clone()
+        .unwrap_or_else(referee_models::default_weights_path)
+}
+
+fn model_name(weights: &std::path::Path) -> String {
+    weights
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Loads the fast pose estimator on the weights the settings name (or the cached default).
+pub fn load_estimator(
+    s: &referee_config::Settings,
+) -> anyhow::Result<(Box<dyn referee_models::PoseEstimator>, String)> {
+    use anyhow::Context;
+    let weights = weights_path(s);
+    let model = referee_models::fast::FastYoloPose::load(&weights, pose_options(s))
+        .with_context(|| format!("loading pose weights {}", weights.display()))?;
+    Ok((Box::new(model), model_name(&weights)))
+}
+
+/// Loads the unoptimised reference estimator (for checks and comparisons).
+pub fn load_reference_estimator(
+    s: &referee_config::Settings,
+) -> anyhow::Result<(Box<dyn referee_models::PoseEstimator>, String)> {
+    use anyhow::Context;
+    let weights = weights_path(s);
+    let model = referee_models::YoloPose::load(&weights, pose_options(s))
+        .with_context(|| format!("loading pose weights {}", weights.display()))?;
+    Ok((
+        Box::new(model),
+        format!("{} (reference)", model_name(&weights)),
+    ))
+}
+
+/// A progress bar on a terminal (hidden otherwise), counting `unit`.
+pub fn progress_bar(total: Option<u64>, unit: &str) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    let bar = match total {
+        Some(n) => indicatif::ProgressBar::new(n),
+        None => indicatif::ProgressBar::new_spinner(),
+    };
+    if !std::io::stderr().is_terminal() {
+        bar.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+    }
+    let template = format!("{{bar:40}} {{pos}}/{{len}} {unit} ({{per_sec}}, eta {{eta}})");
+    if let Ok(style) = indicatif::ProgressStyle::with_template(&template) {
+        bar.set_style(style);
+    }
+    bar
 }

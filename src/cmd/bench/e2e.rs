@@ -1,9 +1,244 @@
-//! `referee bench` part (not implemented yet).
+//! `referee bench e2e`: agent -> daemon on loopback QUIC at real-time pacing, against the old
+//! approach (buffer the whole phrase, process every frame after the signal) on the same frames,
+//! in the same run.
 
-/// Arguments of this benchmark.
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use referee_capture::agent::{run_agent, AgentConfig, NoProgress, SignalInput};
+use referee_capture::encode::{encode, Encoding};
+use referee_capture::pacing::Pacing;
+use referee_capture::source::{
+    now_us, CapturedFrame, FrameData, FrameSource, SourceError, SourceInfo,
+};
+use referee_engine::http::percentile;
+use referee_engine::offline::{buffered_verdict, OfflineFrame};
+use referee_transport::messages::{FrameEncoding, SessionStart};
+use referee_transport::Trust;
+use serde::Serialize;
+
+/// Arguments of `referee bench e2e`.
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// Camera pacing in frames per second; repeat to measure several (e.g. --fps 15 --fps 30).
+    #[arg(long, default_values_t = vec![15.0f32])]
+    fps: Vec<f32>,
+    /// Phrases streamed per pacing (and buffered baseline runs).
+    #[arg(long, default_value_t = 3)]
+    phrases: usize,
+    /// Clip to stream (default: ../shared/data/3809.MP4).
+    #[arg(long, requires = "signal")]
+    clip: Option<PathBuf>,
+    /// Its signal log (default: ../shared/data/3809_signal.txt).
+    #[arg(long)]
+    signal: Option<PathBuf>,
+    /// Print JSON only.
+    #[arg(long)]
+    json: bool,
+}
 
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("this benchmark is not implemented yet")
+/// Replays pre-encoded JPEG frames, stamping the capture time when each is produced.
+struct Replay {
+    info: SourceInfo,
+    frames: Vec<Vec<u8>>,
+    next: usize,
+}
+
+impl FrameSource for Replay {
+    fn info(&self) -> &SourceInfo {
+        &self.info
+    }
+    fn next_frame(&mut self) -> Result<Option<CapturedFrame>, SourceError> {
+        let Some(bytes) = self.frames.get(self.next) else {
+            return Ok(None);
+        };
+        let frame = CapturedFrame {
+            index: self.next as u64,
+            capture_ts_us: now_us(),
+            width: self.info.width,
+            height: self.info.height,
+            data: FrameData::Jpeg(bytes.clone()),
+            pts_us: None,
+        };
+        self.next += 1;
+        Ok(Some(frame))
+    }
+}
+
+#[derive(Serialize)]
+struct Row {
+    fps: f32,
+    sustained_fps: f64,
+    verdict_ms_p50: f64,
+    verdict_ms_p95: f64,
+    buffered_verdict_ms_p50: f64,
+    speedup: f64,
+    phrases: usize,
+    frames_per_phrase: usize,
+    stage_mean_ms: std::collections::BTreeMap<String, f64>,
+}
+
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let shared = std::env::var_os("REFEREE_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")));
+    let clip = args
+        .clip
+        .clone()
+        .unwrap_or_else(|| shared.join("data/3809.MP4"));
+    let signal_path = args
+        .signal
+        .clone()
+        .unwrap_or_else(|| shared.join("data/3809_signal.txt"));
+    if args.phrases == 0 || args.fps.iter().any(|f| !(*f > 0.0 && *f <= 240.0)) {
+        bail!("--phrases must be at least 1 and every --fps in (0, 240]");
+    }
+    let signal = std::fs::read(&signal_path)
+        .with_context(|| format!("reading the signal log {}", signal_path.display()))?;
+
+    // Decode and JPEG-encode the clip once, so both approaches get the same bytes.
+    let mut source = referee_capture::source::open_video(&clip)
+        .with_context(|| format!("opening {}", clip.display()))?;
+    let info = source.info().clone();
+    let mut jpegs = Vec::new();
+    while let Some(f) = source.next_frame()? {
+        let (enc, bytes) = encode(&f, Encoding::Jpeg { quality: 80 })?;
+        debug_assert_eq!(enc, FrameEncoding::Jpeg);
+        jpegs.push(bytes);
+    }
+    if jpegs.is_empty() {
+        bail!("{} has no frames", clip.display());
+    }
+    let mean_kb = jpegs.iter().map(Vec::len).sum::<usize>() as f64 / jpegs.len() as f64 / 1024.0;
+
+    let tmp = tempfile::tempdir().context("temporary directory")?;
+    let mut settings = referee_config::Settings::default();
+    for (k, v) in [
+        ("server.host", "127.0.0.1".to_string()),
+        ("server.port", "0".to_string()),
+        (
+            "server.output_dir",
+            tmp.path().join("out").display().to_string(),
+        ),
+        (
+            "server.data_dir",
+            tmp.path().join("data").display().to_string(),
+        ),
+    ] {
+        settings.set(k, &v)?;
+    }
+    let (estimator, model) = crate::cmd::load_estimator(&settings)?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    let model_name = model.clone();
+    let rows = rt.block_on(async {
+        let daemon =
+            referee_engine::daemon::Daemon::start(&settings, estimator, &model_name).await?;
+        let mut rows = Vec::new();
+        for &fps in &args.fps {
+            let mut latencies = Vec::new();
+            let mut sustained = Vec::new();
+            for i in 0..args.phrases {
+                let mut cfg = AgentConfig::new(
+                    daemon.quic_addr,
+                    Trust::Fingerprint(daemon.fingerprint.clone()),
+                    format!("bench-{fps}-{i}"),
+                );
+                cfg.pacing = Pacing::RealTime { fps };
+                let source = Replay {
+                    info: info.clone(),
+                    frames: jpegs.clone(),
+                    next: 0,
+                };
+                let sig = SignalInput::Once {
+                    filename: "signal.txt".into(),
+                    bytes: signal.clone(),
+                };
+                let started = Instant::now();
+                let outcome = run_agent(cfg, Box::new(source), Some(sig), NoProgress).await?;
+                let v = outcome.verdict.context("no verdict")?;
+                let elapsed = started.elapsed().as_secs_f64();
+                sustained.push(jpegs.len() as f64 / elapsed);
+                latencies.push(v.latency_ms as f64);
+                if !args.json {
+                    eprintln!(
+                        "  {fps} fps phrase {i}: verdict {:?} {:.1} ms after the signal; {:.1} fps end to end",
+                        v.winner, v.latency_ms, jpegs.len() as f64 / elapsed
+                    );
+                }
+            }
+            let mut buffered = Vec::new();
+            for i in 0..args.phrases {
+                let frames = jpegs
+                    .iter()
+                    .map(|b| OfflineFrame {
+                        encoding: FrameEncoding::Jpeg,
+                        bytes: b.clone(),
+                        capture_ts_us: now_us(),
+                    })
+                    .collect();
+                let start = SessionStart {
+                    session_id: format!("buffered-{fps}-{i}"),
+                    fps: info.fps,
+                    width: info.width,
+                    height: info.height,
+                    piste: "bench".into(),
+                    camera: "replay".into(),
+                    undistort: None,
+                    resume: false,
+                };
+                let (v, took) =
+                    buffered_verdict(&daemon.engine, start, frames, "signal.txt", signal.clone())
+                        .await?;
+                buffered.push(took.as_secs_f64() * 1e3);
+                if !args.json {
+                    eprintln!(
+                        "  buffered baseline {i}: verdict {:?} {:.0} ms after the signal",
+                        v.winner,
+                        took.as_secs_f64() * 1e3
+                    );
+                }
+            }
+            let p50 = percentile(&latencies, 50.0).unwrap_or(f64::NAN);
+            let b50 = percentile(&buffered, 50.0).unwrap_or(f64::NAN);
+            rows.push(Row {
+                fps,
+                sustained_fps: percentile(&sustained, 50.0).unwrap_or(f64::NAN),
+                verdict_ms_p50: p50,
+                verdict_ms_p95: percentile(&latencies, 95.0).unwrap_or(f64::NAN),
+                buffered_verdict_ms_p50: b50,
+                speedup: b50 / p50.max(1e-3),
+                phrases: args.phrases,
+                frames_per_phrase: jpegs.len(),
+                stage_mean_ms: daemon
+                    .engine
+                    .stats()
+                    .stages()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.mean_ms))
+                    .collect(),
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        daemon.shutdown().await;
+        anyhow::Ok(rows)
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!(
+            "clip {} ({} frames, {}x{}, JPEG q80 ~{mean_kb:.0} KB/frame), model {model}",
+            clip.display(),
+            jpegs.len(),
+            info.width,
+            info.height
+        );
+        for r in &rows {
+            println!("{}", serde_json::to_string(r)?);
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,94 @@
+//! `referee analyze --video V --signal S`: the daemon's pipeline in one process on a file
+//! (decode -> rectify -> pose -> track -> referee), with a progress bar.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use referee_capture::source::FrameData;
+use referee_engine::offline::{OfflineFrame, OfflineSession};
+use referee_engine::Engine;
+use referee_transport::messages::{FrameEncoding, SessionStart, VerdictReport};
+
+/// Streams `video` through an in-process engine, then decides with `signal`.
+pub fn analyze_video(
+    video: &Path,
+    signal: &Path,
+    settings: &referee_config::Settings,
+) -> anyhow::Result<VerdictReport> {
+    let signal_bytes = std::fs::read(signal)
+        .with_context(|| format!("cannot read signal log {}", signal.display()))?;
+    let mut source = referee_capture::source::open_video(video)
+        .with_context(|| format!("cannot open video {}", video.display()))?;
+    let info = source.info().clone();
+    let (estimator, _model) = super::load_estimator(settings)?;
+    let engine = Engine::start(referee_engine::daemon::engine_config(settings), estimator);
+    let bar = super::progress_bar(info.frame_count, "frames");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let started = Instant::now();
+    let result = rt.block_on(async {
+        let stem = video
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "video".into());
+        let session_id: String = stem
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let mut session = OfflineSession::open(
+            &engine,
+            SessionStart {
+                session_id,
+                fps: info.fps,
+                width: info.width,
+                height: info.height,
+                piste: "offline".into(),
+                camera: info.name.clone(),
+                undistort: None,
+                resume: false,
+            },
+        )?;
+        while let Some(frame) = source.next_frame()? {
+            let (encoding, bytes) = match frame.data {
+                FrameData::Jpeg(b) => (FrameEncoding::Jpeg, b),
+                FrameData::Rgb(b) => (
+                    FrameEncoding::Rgb24 {
+                        width: frame.width,
+                        height: frame.height,
+                    },
+                    b,
+                ),
+            };
+            session
+                .push(OfflineFrame {
+                    encoding,
+                    bytes,
+                    capture_ts_us: frame.capture_ts_us,
+                })
+                .await?;
+            bar.inc(1);
+        }
+        let name = signal
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let verdict = session
+            .finish(&name, signal_bytes, Duration::from_secs(600))
+            .await?;
+        anyhow::Ok(verdict)
+    });
+    bar.finish_and_clear();
+    engine.shutdown();
+    let verdict = result?;
+    tracing::info!(seconds = started.elapsed().as_secs_f32(), "video analysed");
+    Ok(verdict)
+}
