@@ -398,6 +398,23 @@ fn non_video_file_is_a_clear_error() {
     }
 }
 
+#[test]
+fn missing_ffmpeg_says_what_to_install() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old_recorder.avi");
+    std::fs::write(&path, b"RIFF....AVI LIST").unwrap();
+    let missing = dir.path().join("no-such-ffmpeg");
+    let err = FfmpegSource::open_with(&path, missing.as_os_str(), missing.as_os_str()).unwrap_err();
+    assert!(matches!(err, SourceError::FfmpegMissing { .. }), "{err:?}");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("old_recorder.avi")
+            && msg.contains("install Debian's ffmpeg package")
+            && msg.contains("convert the file to MP4/H.264"),
+        "{msg}"
+    );
+}
+
 // ---------------------------------------------------------------- camera
 
 #[cfg(not(feature = "camera"))]

@@ -5,6 +5,7 @@
 //! (frame rate then defaults to 30). Used for the old recorder's `.avi` files and for MP4 files
 //! whose video is not H.264.
 
+use std::ffi::OsStr;
 use std::io::{ErrorKind, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout, Command, Stdio};
@@ -51,9 +52,15 @@ struct Probe {
 impl FfmpegSource {
     /// Starts decoding `path` with ffmpeg and reads its first frame.
     pub fn open(path: &Path) -> Result<Self, SourceError> {
+        Self::open_with(path, "ffmpeg".as_ref(), "ffprobe".as_ref())
+    }
+
+    /// Like [`Self::open`] with explicit `ffmpeg` and `ffprobe` commands (e.g. a static build
+    /// outside `PATH`).
+    pub fn open_with(path: &Path, ffmpeg: &OsStr, ffprobe: &OsStr) -> Result<Self, SourceError> {
         std::fs::metadata(path).map_err(|e| io_error(path, e))?;
-        let probe = probe(path)?;
-        let mut child = Command::new("ffmpeg")
+        let probe = probe(path, ffprobe)?;
+        let mut child = Command::new(ffmpeg)
             .args(["-hide_banner", "-loglevel", "error", "-nostdin", "-i"])
             .arg(path)
             .args([
@@ -287,8 +294,8 @@ pub fn ffmpeg_available() -> bool {
 
 /// Asks ffprobe about the first video stream. A missing ffprobe gives an empty probe; a file
 /// ffprobe cannot read, or one without video, is an error.
-fn probe(path: &Path) -> Result<Probe, SourceError> {
-    let out = match Command::new("ffprobe")
+fn probe(path: &Path, ffprobe: &OsStr) -> Result<Probe, SourceError> {
+    let out = match Command::new(ffprobe)
         .args([
             "-v",
             "error",
