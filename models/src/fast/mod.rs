@@ -21,12 +21,13 @@
 mod kernels;
 mod net;
 mod ops;
+mod winograd;
 
 use std::path::Path;
 use std::time::Instant;
 
 pub use kernels::PackedB;
-pub use ops::{Profile, KIND_NAMES, STAGE_NAMES};
+pub use ops::{Kind, OpRecord, Profile, KIND_NAMES, STAGE_NAMES};
 
 use crate::{decode_raw, ModelError, Person, PoseEstimator, PoseOptions, PreparedFrame};
 
@@ -80,6 +81,16 @@ impl FastYoloPose {
     /// Profile (time per op kind and stage, FLOPs) of the last forward.
     pub fn last_profile(&self) -> Profile {
         self.arena.prof
+    }
+
+    /// Turns per-op tracing on or off (see [`FastYoloPose::last_ops`]).
+    pub fn set_trace(&mut self, on: bool) {
+        self.arena.trace = on;
+    }
+
+    /// Per-op records of the last forward (empty unless tracing is on).
+    pub fn last_ops(&self) -> &[OpRecord] {
+        &self.arena.ops
     }
 
     /// Floats held by the activation arena (grows to the largest size seen).

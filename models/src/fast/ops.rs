@@ -8,6 +8,7 @@
 use std::time::Instant;
 
 use super::kernels::{self, ASrc, Epilogue, Im2col, PackedB};
+use super::winograd::{self, WinogradW};
 use crate::ModelError;
 
 /// An NHWC view into the arena: element (y, x, ch) is at `off + (y*w + x)*ld + ch`.
@@ -118,6 +119,27 @@ pub struct Arena {
     pub prof: Profile,
     /// Stage being recorded (index into [`STAGE_NAMES`]).
     pub stage: usize,
+    /// Per-op records of the last forward when [`Arena::trace`] is on.
+    pub ops: Vec<OpRecord>,
+    /// Record every op into [`Arena::ops`].
+    pub trace: bool,
+}
+
+/// One op of a traced forward.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OpRecord {
+    /// Category.
+    pub kind: Kind,
+    /// Output (h, w, c).
+    pub out: (usize, usize, usize),
+    /// Kernel size * 10 + stride (convolutions), else 0.
+    pub k: usize,
+    /// Input channels (convolutions), else 0.
+    pub ci: usize,
+    /// FLOPs.
+    pub flops: f64,
+    /// Seconds.
+    pub secs: f64,
 }
 
 fn bad(msg: String) -> ModelError {
@@ -130,6 +152,7 @@ impl Arena {
         self.top = 0;
         self.prof = Profile::default();
         self.stage = 0;
+        self.ops.clear();
     }
 
     /// A fresh `h x w x c` tensor (contents unspecified). Grows the arena on the first frame
@@ -172,7 +195,29 @@ impl Arena {
     }
 
     fn record(&mut self, kind: Kind, t0: Instant, flops: f64) {
+        self.record_op(kind, t0, flops, (0, 0, 0), 0, 0);
+    }
+
+    fn record_op(
+        &mut self,
+        kind: Kind,
+        t0: Instant,
+        flops: f64,
+        out: (usize, usize, usize),
+        k: usize,
+        ci: usize,
+    ) {
         let dt = t0.elapsed().as_secs_f64();
+        if self.trace {
+            self.ops.push(OpRecord {
+                kind,
+                out,
+                k,
+                ci,
+                flops,
+                secs: dt,
+            });
+        }
         self.prof.kind_s[kind as usize] += dt;
         self.prof.stage_s[self.stage.min(2)] += dt;
         self.prof.kind_flops[kind as usize] += flops;
@@ -186,28 +231,6 @@ impl Arena {
         r
     }
 
-    /// Writes a CHW image into an `h x w x 3` view.
-    pub fn load_chw(&mut self, chw: &[f32], dst: View) -> Result<(), ModelError> {
-        self.check(&dst, "input")?;
-        let t0 = Instant::now();
-        let (c, plane) = (dst.c, dst.pixels());
-        if chw.len() != c * plane {
-            return Err(bad(format!(
-                "input has {} values, expected {}",
-                chw.len(),
-                c * plane
-            )));
-        }
-        for p in 0..plane {
-            let o = dst.off + p * dst.ld;
-            for ch in 0..c {
-                self.data[o + ch] = chw[ch * plane + p];
-            }
-        }
-        self.record(Kind::Other, t0, 0.0);
-        Ok(())
-    }
-
     /// Convolution (k x k, stride s, pad k/2) with fused bias, SiLU and residual.
     pub fn conv(
         &mut self,
@@ -216,6 +239,41 @@ impl Arena {
         dst: View,
         res: Option<View>,
     ) -> Result<(), ModelError> {
+        self.conv_impl(cw, src, dst, res, false)
+    }
+
+    /// Writes a CHW image into `dst` (an `h x w x c` allocation) as is, for [`Arena::conv_planar`].
+    pub fn load_planar(&mut self, chw: &[f32], dst: View) -> Result<(), ModelError> {
+        self.check(&dst, "input")?;
+        let n = dst.c * dst.pixels();
+        if chw.len() != n || dst.ld != dst.c {
+            return Err(bad(format!("input has {} values, expected {n}", chw.len())));
+        }
+        let t0 = Instant::now();
+        self.data[dst.off..dst.off + n].copy_from_slice(chw);
+        self.record(Kind::Other, t0, 0.0);
+        Ok(())
+    }
+
+    /// [`Arena::conv`] whose input was written by [`Arena::load_planar`] (first layer: the
+    /// im2col gathers straight from the CHW planes).
+    pub fn conv_planar(&mut self, cw: &ConvW, src: View, dst: View) -> Result<(), ModelError> {
+        self.conv_impl(cw, src, dst, None, true)
+    }
+
+    fn conv_impl(
+        &mut self,
+        cw: &ConvW,
+        src: View,
+        dst: View,
+        res: Option<View>,
+        planar: bool,
+    ) -> Result<(), ModelError> {
+        if planar && (src.ld != src.c || cw.k == 1) {
+            return Err(bad(format!(
+                "planar input {src:?} must be a dense allocation, k > 1"
+            )));
+        }
         self.check(&src, "conv input")?;
         self.check(&dst, "conv output")?;
         let pad = cw.k / 2;
@@ -240,6 +298,31 @@ impl Arena {
         }
         let t0 = Instant::now();
         let base = self.data.as_mut_ptr();
+        if let (Some(wn), false) = (&cw.wino, planar) {
+            let epi = Epilogue {
+                silu: cw.act,
+                // SAFETY: in bounds (checked).
+                residual: res.map(|r| (unsafe { base.add(r.off) } as *const f32, r.ld)),
+            };
+            // SAFETY: input/output/residual checked in bounds, output disjoint from the input
+            // and disjoint from or equal to the residual; `wino` exists only when
+            // `winograd::supported(ci, co)`; stride 1, pad 1 (k = 3).
+            unsafe {
+                winograd::conv3x3(
+                    base.add(src.off),
+                    src.ld,
+                    src.h,
+                    src.w,
+                    wn,
+                    base.add(dst.off),
+                    dst.ld,
+                    epi,
+                )
+            };
+            let out = (dst.h, dst.w, dst.c);
+            self.record_op(Kind::Conv3x3, t0, cw.flops(dst.pixels()), out, 39, cw.ci);
+            return Ok(());
+        }
         // SAFETY: `base` is valid for the arena; the views were checked in bounds above.
         let a = unsafe {
             if cw.k == 1 && cw.stride == 1 {
@@ -250,7 +333,8 @@ impl Arena {
             } else {
                 ASrc::Im2col(Im2col {
                     ptr: base.add(src.off),
-                    ld: src.ld,
+                    // planar: the dense h x w x c allocation holds c planes of h*w
+                    ld: if planar { src.pixels() } else { src.ld },
                     ih: src.h,
                     iw: src.w,
                     ci: src.c,
@@ -258,6 +342,7 @@ impl Arena {
                     stride: cw.stride,
                     pad,
                     ow,
+                    planar,
                 })
             }
         };
@@ -275,7 +360,15 @@ impl Arena {
         } else {
             Kind::Conv3x3
         };
-        self.record(kind, t0, cw.flops(dst.pixels()));
+        let out = (dst.h, dst.w, dst.c);
+        self.record_op(
+            kind,
+            t0,
+            cw.flops(dst.pixels()),
+            out,
+            cw.k * 10 + cw.stride,
+            cw.ci,
+        );
         Ok(())
     }
 
@@ -325,26 +418,19 @@ impl Arena {
             return Err(bad(format!("maxpool: input {src:?} output {dst:?}")));
         }
         let t0 = Instant::now();
-        let (h, w, c) = (src.h, src.w, src.c);
-        for y in 0..h {
-            for x in 0..w {
-                let o = dst.off + (y * w + x) * dst.ld;
-                let first = src.off + (y * w + x) * src.ld;
-                self.data.copy_within(first..first + c, o);
-                for iy in y.saturating_sub(2)..(y + 3).min(h) {
-                    for ix in x.saturating_sub(2)..(x + 3).min(w) {
-                        let s = src.off + (iy * w + ix) * src.ld;
-                        for ch in 0..c {
-                            let v = self.data[s + ch];
-                            let d = &mut self.data[o + ch];
-                            if v > *d {
-                                *d = v;
-                            }
-                        }
-                    }
-                }
-            }
-        }
+        let base = self.data.as_mut_ptr();
+        // SAFETY: both views checked in bounds and disjoint.
+        unsafe {
+            kernels::maxpool5(
+                base.add(src.off),
+                src.ld,
+                base.add(dst.off),
+                dst.ld,
+                src.h,
+                src.w,
+                src.c,
+            )
+        };
         self.record(Kind::Other, t0, 0.0);
         Ok(())
     }
@@ -470,6 +556,8 @@ pub struct ConvW {
     pub act: bool,
     /// Packed `[(ky, kx, ci) x co]` weights and bias.
     pub b: PackedB,
+    /// Winograd F(2x2, 3x3) weights for stride-1 3x3 convs the CPU and channel counts allow.
+    pub wino: Option<WinogradW>,
 }
 
 impl ConvW {
@@ -492,6 +580,8 @@ impl ConvW {
             },
             Some(bias),
         );
+        let wino = (k == 3 && stride == 1 && winograd::supported(ci, co))
+            .then(|| WinogradW::new(w, co, ci, bias));
         Self {
             k,
             stride,
@@ -499,6 +589,7 @@ impl ConvW {
             co,
             act,
             b,
+            wino,
         }
     }
 
