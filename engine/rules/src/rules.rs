@@ -352,10 +352,14 @@ fn forward_series(s: &[Sample], side: Side) -> Option<Vec<f64>> {
 fn advance_run(s: &[Sample], f: &[f64], scale: f64) -> (f64, usize) {
     let h = f.len() - 1;
     let speed = |k: usize| -> f64 {
-        let lo = s.partition_point(|p| p.t < s[k].t - RUN_SMOOTH_S - 1e-6);
+        // At least one neighbour each side, whatever the frame rate.
+        let lo = s
+            .partition_point(|p| p.t < s[k].t - RUN_SMOOTH_S - 1e-6)
+            .min(k.saturating_sub(1));
         let hi = s[..=h]
             .partition_point(|p| p.t <= s[k].t + RUN_SMOOTH_S + 1e-6)
-            .saturating_sub(1);
+            .saturating_sub(1)
+            .max((k + 1).min(h));
         let dt = s[hi].t - s[lo].t;
         if hi > lo && dt > 0.0 {
             (f[hi] - f[lo]) / scale / dt
@@ -886,6 +890,23 @@ mod tests {
         );
         let d = analyze(&double_at(2.0, "Simultaneous valid hits!"), &mirrored, 15.0);
         assert_eq!(d.winner, Winner::Right, "{}", d.reason);
+    }
+
+    #[test]
+    fn low_frame_rates_still_measure_the_advance_run() {
+        // 6 fps: the +-0.1 s speed window holds no neighbour frame by time alone.
+        let frames: Vec<PoseFrame> = (0..16)
+            .map(|i| PoseFrame {
+                frame: i,
+                t: i as f64 / 6.0,
+                left: Some(body(1.0 + 0.3 * i as f32, 1.0)),
+                right: Some(body(9.0, 1.0)),
+            })
+            .collect();
+        let d = analyze(&double_at(2.5, "Simultaneous valid hits!"), &frames, 6.0);
+        assert_eq!(d.winner, Winner::Left, "{}", d.reason);
+        let f = d.features.expect("features");
+        assert!(f.run.left > 2.0 && f.run.right == 0.0, "{f:?}");
     }
 
     #[test]
