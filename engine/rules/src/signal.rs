@@ -156,6 +156,35 @@ impl Timeline {
             .map(|e| e.t)
     }
 
+    /// Time of `Phrase recording started` (normally 0).
+    pub fn start(&self) -> Option<f64> {
+        self.events
+            .iter()
+            .find(|e| e.kind == EventKind::RecordingStarted)
+            .map(|e| e.t)
+    }
+
+    /// Times of the HIT lines that credit `side` (`Simultaneous valid hits!` credits both).
+    pub fn hits(&self, side: Side) -> Vec<f64> {
+        self.events
+            .iter()
+            .filter(|e| match &e.kind {
+                EventKind::Hit { scorer, .. } => *scorer == side,
+                EventKind::SimultaneousHits => true,
+                _ => false,
+            })
+            .map(|e| e.t)
+            .collect()
+    }
+
+    /// Time of the first `Lockout period started` line.
+    pub fn lockout_started(&self) -> Option<f64> {
+        self.events
+            .iter()
+            .find(|e| matches!(e.kind, EventKind::LockoutStarted { .. }))
+            .map(|e| e.t)
+    }
+
     /// Which sides are lit: the scoreboard when present, else the union of the HIT lines.
     pub fn lights(&self) -> (bool, bool) {
         if let Some(s) = &self.scoreboard {
@@ -491,6 +520,10 @@ Winner: Right
         assert_eq!(tl.first_hit(), Some((3.345, Some(Side::Left))));
         assert_eq!(tl.blade_contacts().collect::<Vec<_>>(), vec![1.947]);
         assert_eq!(tl.phrase_end(), Some(3.57));
+        assert_eq!(tl.start(), Some(0.0));
+        assert_eq!(tl.hits(Side::Left), vec![3.345, 3.528]);
+        assert_eq!(tl.hits(Side::Right), vec![3.528, 3.528]);
+        assert_eq!(tl.lockout_started(), Some(3.368));
         assert!(tl.is_double());
         assert_eq!(tl.single_light(), None);
         assert_eq!(tl.ignored_from_line, Some(17));
