@@ -286,7 +286,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stop3.store(true, Ordering::Relaxed);
             });
         }
-        let sink = Sink::new(info.frame_count);
+        let sink = Sink::new(info.frame_count, watch_mode);
         run_agent(cfg, src, signal, sink).await
     })?;
     report(&outcome, cli.output.as_deref(), watch_mode)
@@ -308,10 +308,10 @@ fn report(
         s.reconnects,
         s.lost
     );
-    if !watch {
-        if let Some(v) = &outcome.verdict {
-            println!("{}", verdict_line(v));
-        }
+    if watch {
+        eprintln!("{} verdicts", outcome.verdicts.len());
+    } else if let Some(v) = &outcome.verdict {
+        println!("{}", verdict_line(v));
     }
     if let Some(path) = output {
         let json = if watch {
@@ -341,11 +341,13 @@ fn verdict_line(v: &VerdictReport) -> String {
 /// Progress bar on a terminal, periodic log lines otherwise.
 struct Sink {
     bar: Option<indicatif::ProgressBar>,
+    /// Print verdicts as they come (watch mode); otherwise the final one is printed at the end.
+    watch: bool,
     last_log: Instant,
 }
 
 impl Sink {
-    fn new(total: Option<u64>) -> Self {
+    fn new(total: Option<u64>, watch: bool) -> Self {
         let bar = std::io::stderr().is_terminal().then(|| {
             let bar = match total {
                 Some(n) => indicatif::ProgressBar::new(n),
@@ -361,6 +363,7 @@ impl Sink {
         });
         Sink {
             bar,
+            watch,
             last_log: Instant::now(),
         }
     }
@@ -401,10 +404,14 @@ impl ProgressSink for Sink {
         }
     }
     fn verdict(&mut self, v: &VerdictReport) {
+        if !self.watch {
+            return;
+        }
+        // Verdicts go to stdout (one line each), the bar and logs to stderr.
         let line = verdict_line(v);
         match &self.bar {
-            Some(bar) => bar.println(line),
-            None => eprintln!("{line}"),
+            Some(bar) => bar.suspend(|| println!("{line}")),
+            None => println!("{line}"),
         }
     }
     fn live(&mut self, l: &LiveState) {
