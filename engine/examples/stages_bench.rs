@@ -25,7 +25,11 @@ fn synthetic(w: usize, h: usize) -> RgbImage {
             data.push((((x + y) % 200) + n) as u8);
         }
     }
-    RgbImage { width: w, height: h, data }
+    RgbImage {
+        width: w,
+        height: h,
+        data,
+    }
 }
 
 fn time<F: FnMut()>(iters: usize, mut f: F) -> Duration {
@@ -52,19 +56,52 @@ fn main() {
     let decode = time(100, || {
         decode_frame_into(FrameEncoding::Jpeg, &jpeg, 1 << 24, &mut frame).expect("decode");
     });
-    println!("decode  1280x720 JPEG q85 ({} KB): {:.2} ms/frame", jpeg.len() / 1024, ms(decode));
+    println!(
+        "decode  1280x720 JPEG q85 ({} KB): {:.2} ms/frame",
+        jpeg.len() / 1024,
+        ms(decode)
+    );
 
     for (name, p) in [
-        ("fisheye -0.3, band 0.25-0.95, 640x384", RectifyParams { fisheye_enabled: true, strength: -0.3, balance: 0.0, band: (0.25, 0.95), target: (640, 384) }),
-        ("fisheye -0.3, full, 640x640", RectifyParams { fisheye_enabled: true, strength: -0.3, balance: 0.0, band: (0.0, 1.0), target: (640, 640) }),
-        ("no fisheye, full, 640x384", RectifyParams { fisheye_enabled: false, strength: 0.0, balance: 0.0, band: (0.0, 1.0), target: (640, 384) }),
+        (
+            "fisheye -0.3, band 0.25-0.95, 640x384",
+            RectifyParams {
+                fisheye_enabled: true,
+                strength: -0.3,
+                balance: 0.0,
+                band: (0.25, 0.95),
+                target: (640, 384),
+            },
+        ),
+        (
+            "fisheye -0.3, full, 640x640",
+            RectifyParams {
+                fisheye_enabled: true,
+                strength: -0.3,
+                balance: 0.0,
+                band: (0.0, 1.0),
+                target: (640, 640),
+            },
+        ),
+        (
+            "no fisheye, full, 640x384",
+            RectifyParams {
+                fisheye_enabled: false,
+                strength: 0.0,
+                balance: 0.0,
+                band: (0.0, 1.0),
+                target: (640, 384),
+            },
+        ),
     ] {
         let t = Instant::now();
         let table = RemapTable::build(w, h, &p).expect("build");
         let build = t.elapsed();
         let mut out = Vec::new();
         let apply = time(200, || table.apply(&frame, &mut out).expect("apply"));
-        let reference = time(10, || table.apply_reference(&frame, &mut out).expect("reference"));
+        let reference = time(10, || {
+            table.apply_reference(&frame, &mut out).expect("reference")
+        });
         println!(
             "rectify {name}: build {:.1} ms once; apply {:.3} ms/frame; reference {:.2} ms/frame; speedup {:.1}x",
             ms(build),

@@ -20,10 +20,22 @@ use crate::tracker::TrackedFrame;
 pub const WORKBOOK_SHEETS: [&str; 4] = ["left_x", "left_y", "right_x", "right_y"];
 /// COCO-17 limbs drawn on the overlay (keypoint index pairs).
 pub const COCO_LIMBS: [(usize, usize); 16] = [
-    (0, 1), (0, 2), (1, 3), (2, 4),
-    (5, 6), (5, 7), (7, 9), (6, 8), (8, 10),
-    (5, 11), (6, 12), (11, 12),
-    (11, 13), (13, 15), (12, 14), (14, 16),
+    (0, 1),
+    (0, 2),
+    (1, 3),
+    (2, 4),
+    (5, 6),
+    (5, 7),
+    (7, 9),
+    (6, 8),
+    (8, 10),
+    (5, 11),
+    (6, 12),
+    (11, 12),
+    (11, 13),
+    (13, 15),
+    (12, 14),
+    (14, 16),
 ];
 /// Overlay colour of the left fencer (blue).
 pub const LEFT_COLOR: [u8; 3] = [30, 144, 255];
@@ -36,7 +48,10 @@ pub const DRAW_MIN_CONF: f32 = 0.3;
 #[derive(Debug, thiserror::Error)]
 pub enum ArtifactError {
     #[error("writing {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("serialising JSON: {0}")]
     Json(#[from] serde_json::Error),
     #[error("building the keypoints workbook: {0}")]
@@ -48,7 +63,10 @@ pub enum ArtifactError {
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> ArtifactError + '_ {
-    move |source| ArtifactError::Io { path: path.to_path_buf(), source }
+    move |source| ArtifactError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes `bytes` to `path` atomically: a temp file in the same directory is written, synced
@@ -98,12 +116,21 @@ pub fn write_json_atomic(path: &Path, value: &impl Serialize) -> Result<(), Arti
 /// `norm` is the caller's per-phrase normalisation constant. The old files used a body-size
 /// constant (values of roughly 1..15); the engine passes the image width (values in `[0, 1]`).
 /// The rules are scale-free, so either reads the same; the constant belongs in `result.json`.
-pub fn write_keypoints_workbook(path: &Path, frames: &[TrackedFrame], norm: f32) -> Result<(), ArtifactError> {
+pub fn write_keypoints_workbook(
+    path: &Path,
+    frames: &[TrackedFrame],
+    norm: f32,
+) -> Result<(), ArtifactError> {
     if !(norm.is_finite() && norm > 0.0) {
-        return Err(ArtifactError::Invalid(format!("normalisation constant {norm} must be finite and positive")));
+        return Err(ArtifactError::Invalid(format!(
+            "normalisation constant {norm} must be finite and positive"
+        )));
     }
     if frames.len() >= 1_048_575 {
-        return Err(ArtifactError::Invalid(format!("{} frames exceed a worksheet's rows", frames.len())));
+        return Err(ArtifactError::Invalid(format!(
+            "{} frames exceed a worksheet's rows",
+            frames.len()
+        )));
     }
     let mut wb = rust_xlsxwriter::Workbook::new();
     for (sheet, name) in WORKBOOK_SHEETS.iter().enumerate() {
@@ -114,7 +141,13 @@ pub fn write_keypoints_workbook(path: &Path, frames: &[TrackedFrame], norm: f32)
         }
         let (right, axis) = (sheet >= 2, sheet % 2);
         for (row, f) in frames.iter().enumerate() {
-            let Some(kps) = (if right { f.right.as_ref() } else { f.left.as_ref() }) else { continue };
+            let Some(kps) = (if right {
+                f.right.as_ref()
+            } else {
+                f.left.as_ref()
+            }) else {
+                continue;
+            };
             for (k, kp) in kps.iter().enumerate() {
                 let v = kp[axis] as f64 / norm as f64;
                 if v.is_finite() {
@@ -179,7 +212,15 @@ fn nice_step(span: f32, target: f32) -> f32 {
     let raw = (span / target).max(1e-6);
     let p = 10f32.powf(raw.log10().floor());
     let m = raw / p;
-    let n = if m < 1.5 { 1.0 } else if m < 3.5 { 2.0 } else if m < 7.5 { 5.0 } else { 10.0 };
+    let n = if m < 1.5 {
+        1.0
+    } else if m < 3.5 {
+        2.0
+    } else if m < 7.5 {
+        5.0
+    } else {
+        10.0
+    };
     n * p
 }
 
@@ -201,10 +242,22 @@ pub fn timeline_svg(s: &TimelineSeries) -> String {
     if t1.partial_cmp(&t0) != Some(std::cmp::Ordering::Greater) {
         t1 = t0 + 1.0;
     }
-    let xs = s.left_x.iter().chain(&s.right_x).flatten().copied().filter(finite);
-    let (mut y0, mut y1) = xs.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+    let xs = s
+        .left_x
+        .iter()
+        .chain(&s.right_x)
+        .flatten()
+        .copied()
+        .filter(finite);
+    let (mut y0, mut y1) = xs.fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), v| {
+        (a.min(v), b.max(v))
+    });
     if y1.partial_cmp(&y0) != Some(std::cmp::Ordering::Greater) {
-        (y0, y1) = if y0.is_finite() { (y0 - 0.5, y0 + 0.5) } else { (0.0, 1.0) };
+        (y0, y1) = if y0.is_finite() {
+            (y0 - 0.5, y0 + 0.5)
+        } else {
+            (0.0, 1.0)
+        };
     }
     let pad = (y1 - y0) * 0.08;
     let (y0, y1) = (y0 - pad, y1 + pad);
@@ -215,39 +268,90 @@ pub fn timeline_svg(s: &TimelineSeries) -> String {
 
     let mut o = String::new();
     let _ = writeln!(o, r#"<?xml version="1.0" encoding="UTF-8"?>"#);
-    let _ = writeln!(o, r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#);
-    let _ = writeln!(o, r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#);
-    let _ = writeln!(o, r#"<text x="{ML}" y="24" font-size="15" font-weight="bold">{}</text>"#, xml_escape(&s.title));
+    let _ = writeln!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
+    );
+    let _ = writeln!(
+        o,
+        r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#
+    );
+    let _ = writeln!(
+        o,
+        r#"<text x="{ML}" y="24" font-size="15" font-weight="bold">{}</text>"#,
+        xml_escape(&s.title)
+    );
     // Pauses.
-    for &(a, b) in s.pauses.iter().filter(|p| p.0.is_finite() && p.1.is_finite() && p.1 > p.0) {
+    for &(a, b) in s
+        .pauses
+        .iter()
+        .filter(|p| p.0.is_finite() && p.1.is_finite() && p.1 > p.0)
+    {
         let (xa, xb) = (px(a.max(t0)), px(b.min(t1)));
-        let _ = writeln!(o, r#"<rect class="pause" x="{xa:.1}" y="{MT}" width="{:.1}" height="{ph}" fill="rgb(150,150,150)" fill-opacity="0.25"><title>pause {a:.2}-{b:.2} s</title></rect>"#, (xb - xa).max(0.5));
+        let _ = writeln!(
+            o,
+            r#"<rect class="pause" x="{xa:.1}" y="{MT}" width="{:.1}" height="{ph}" fill="rgb(150,150,150)" fill-opacity="0.25"><title>pause {a:.2}-{b:.2} s</title></rect>"#,
+            (xb - xa).max(0.5)
+        );
     }
     // Axes, ticks, grid.
-    let _ = writeln!(o, r#"<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#);
+    let _ = writeln!(
+        o,
+        r#"<rect x="{ML}" y="{MT}" width="{pw}" height="{ph}" fill="none" stroke="black"/>"#
+    );
     let step = nice_step(t1 - t0, 10.0);
     let mut t = (t0 / step).ceil() * step;
     while t <= t1 + step * 1e-3 {
         let x = px(t);
-        let _ = writeln!(o, r#"<line x1="{x:.1}" y1="{MT}" x2="{x:.1}" y2="{:.1}" stroke="rgb(225,225,225)"/>"#, MT + ph);
-        let _ = writeln!(o, r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#, MT + ph + 16.0, trim_num(t));
+        let _ = writeln!(
+            o,
+            r#"<line x1="{x:.1}" y1="{MT}" x2="{x:.1}" y2="{:.1}" stroke="rgb(225,225,225)"/>"#,
+            MT + ph
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{x:.1}" y="{:.1}" text-anchor="middle">{}</text>"#,
+            MT + ph + 16.0,
+            trim_num(t)
+        );
         t += step;
     }
-    let _ = writeln!(o, r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">time (s)</text>"#, ML + pw / 2.0, H - 10.0);
+    let _ = writeln!(
+        o,
+        r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">time (s)</text>"#,
+        ML + pw / 2.0,
+        H - 10.0
+    );
     let ystep = nice_step(y1 - y0, 5.0);
     let mut v = (y0 / ystep).ceil() * ystep;
     while v <= y1 {
         let y = py(v);
-        let _ = writeln!(o, r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#, ML - 6.0, y + 4.0, trim_num(v));
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="end">{}</text>"#,
+            ML - 6.0,
+            y + 4.0,
+            trim_num(v)
+        );
         v += ystep;
     }
-    let _ = writeln!(o, r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">horizontal position</text>"#, MT + ph / 2.0, MT + ph / 2.0);
+    let _ = writeln!(
+        o,
+        r#"<text x="16" y="{:.1}" transform="rotate(-90 16 {:.1})" text-anchor="middle">horizontal position</text>"#,
+        MT + ph / 2.0,
+        MT + ph / 2.0
+    );
     // Position series, broken where unseen.
-    for (series, c, name) in [(&s.left_x, LEFT_COLOR, "left"), (&s.right_x, RIGHT_COLOR, "right")] {
+    for (series, c, name) in [
+        (&s.left_x, LEFT_COLOR, "left"),
+        (&s.right_x, RIGHT_COLOR, "right"),
+    ] {
         let mut runs: Vec<Vec<(f32, f32)>> = vec![Vec::new()];
         for (t, v) in s.times.iter().zip(series.iter()) {
             match v {
-                Some(v) if v.is_finite() && t.is_finite() => runs.last_mut().map_or((), |r| r.push((px(*t), py(*v)))),
+                Some(v) if v.is_finite() && t.is_finite() => {
+                    runs.last_mut().map_or((), |r| r.push((px(*t), py(*v))))
+                }
                 _ => {
                     if runs.last().is_some_and(|r| !r.is_empty()) {
                         runs.push(Vec::new());
@@ -257,20 +361,49 @@ pub fn timeline_svg(s: &TimelineSeries) -> String {
         }
         for run in runs.iter().filter(|r| !r.is_empty()) {
             let pts: Vec<String> = run.iter().map(|(x, y)| format!("{x:.1},{y:.1}")).collect();
-            let _ = writeln!(o, r#"<polyline class="{name}" points="{}" fill="none" stroke="{}" stroke-width="2"/>"#, pts.join(" "), color(c));
+            let _ = writeln!(
+                o,
+                r#"<polyline class="{name}" points="{}" fill="none" stroke="{}" stroke-width="2"/>"#,
+                pts.join(" "),
+                color(c)
+            );
         }
     }
     // Blade contacts and hits.
     for &t in s.blade_contacts.iter().filter(|t| t.is_finite()) {
         let x = px(t);
-        let _ = writeln!(o, r#"<line class="blade" x1="{x:.1}" y1="{MT}" x2="{x:.1}" y2="{:.1}" stroke="rgb(240,150,0)" stroke-width="1.5" stroke-dasharray="5,3"/>"#, MT + ph);
-        let _ = writeln!(o, r#"<text x="{:.1}" y="{:.1}" fill="rgb(200,120,0)">blade {t:.2}s</text>"#, x + 3.0, MT + 12.0);
+        let _ = writeln!(
+            o,
+            r#"<line class="blade" x1="{x:.1}" y1="{MT}" x2="{x:.1}" y2="{:.1}" stroke="rgb(240,150,0)" stroke-width="1.5" stroke-dasharray="5,3"/>"#,
+            MT + ph
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" fill="rgb(200,120,0)">blade {t:.2}s</text>"#,
+            x + 3.0,
+            MT + 12.0
+        );
     }
     for (i, h) in s.hits.iter().filter(|h| h.t.is_finite()).enumerate() {
         let x = px(h.t);
-        let c = color(if h.side == Side::Left { LEFT_COLOR } else { RIGHT_COLOR });
-        let _ = writeln!(o, r#"<line class="hit" x1="{x:.1}" y1="{MT}" x2="{x:.1}" y2="{:.1}" stroke="{c}" stroke-width="2.5"/>"#, MT + ph);
-        let _ = writeln!(o, r#"<text x="{:.1}" y="{:.1}" fill="{c}" font-weight="bold">{} {:.2}s</text>"#, x + 3.0, MT + 28.0 + 14.0 * i as f32, xml_escape(&h.label), h.t);
+        let c = color(if h.side == Side::Left {
+            LEFT_COLOR
+        } else {
+            RIGHT_COLOR
+        });
+        let _ = writeln!(
+            o,
+            r#"<line class="hit" x1="{x:.1}" y1="{MT}" x2="{x:.1}" y2="{:.1}" stroke="{c}" stroke-width="2.5"/>"#,
+            MT + ph
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" fill="{c}" font-weight="bold">{} {:.2}s</text>"#,
+            x + 3.0,
+            MT + 28.0 + 14.0 * i as f32,
+            xml_escape(&h.label),
+            h.t
+        );
     }
     // Legend.
     let lx = ML + pw + 12.0;
@@ -282,9 +415,22 @@ pub fn timeline_svg(s: &TimelineSeries) -> String {
     ];
     for (i, (c, label, dashed)) in legend.iter().enumerate() {
         let y = MT + 10.0 + 20.0 * i as f32;
-        let dash = if *dashed { r#" stroke-dasharray="5,3""# } else { "" };
-        let _ = writeln!(o, r#"<line x1="{lx:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{c}" stroke-width="3"{dash}/>"#, lx + 22.0);
-        let _ = writeln!(o, r#"<text x="{:.1}" y="{:.1}">{label}</text>"#, lx + 28.0, y + 4.0);
+        let dash = if *dashed {
+            r#" stroke-dasharray="5,3""#
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            r#"<line x1="{lx:.1}" y1="{y:.1}" x2="{:.1}" y2="{y:.1}" stroke="{c}" stroke-width="3"{dash}/>"#,
+            lx + 22.0
+        );
+        let _ = writeln!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}">{label}</text>"#,
+            lx + 28.0,
+            y + 4.0
+        );
     }
     o.push_str("</svg>\n");
     o
@@ -293,7 +439,11 @@ pub fn timeline_svg(s: &TimelineSeries) -> String {
 fn trim_num(v: f32) -> String {
     let s = format!("{v:.2}");
     let s = s.trim_end_matches('0').trim_end_matches('.');
-    if s == "-0" { "0".into() } else { s.to_string() }
+    if s == "-0" {
+        "0".into()
+    } else {
+        s.to_string()
+    }
 }
 
 /// Writes [`timeline_svg`] atomically to `path`.
@@ -346,7 +496,11 @@ fn draw_line(img: &mut RgbImage, a: (f32, f32), b: (f32, f32), r: f32, color: [u
     // Keypoints far outside the frame (bad detections) would make a huge loop: cap it.
     let steps = (len / (r * 0.5).max(0.5)).ceil().min(20_000.0) as usize;
     for s in 0..=steps {
-        let t = if steps == 0 { 0.0 } else { s as f32 / steps as f32 };
+        let t = if steps == 0 {
+            0.0
+        } else {
+            s as f32 / steps as f32
+        };
         fill_disc(img, a.0 + (b.0 - a.0) * t, a.1 + (b.1 - a.1) * t, r, color);
     }
 }
@@ -405,9 +559,12 @@ mod tests {
     }
 
     fn no_temp_files(dir: &Path) -> bool {
-        fs::read_dir(dir)
-            .expect("read dir")
-            .all(|e| !e.expect("entry").file_name().to_string_lossy().contains(".tmp-"))
+        fs::read_dir(dir).expect("read dir").all(|e| {
+            !e.expect("entry")
+                .file_name()
+                .to_string_lossy()
+                .contains(".tmp-")
+        })
     }
 
     #[test]
@@ -415,8 +572,13 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("result.json");
         fs::write(&p, "old").expect("seed");
-        write_json_atomic(&p, &serde_json::json!({"winner": "left", "confidence": 0.8})).expect("write");
-        let back: serde_json::Value = serde_json::from_slice(&fs::read(&p).expect("read")).expect("json");
+        write_json_atomic(
+            &p,
+            &serde_json::json!({"winner": "left", "confidence": 0.8}),
+        )
+        .expect("write");
+        let back: serde_json::Value =
+            serde_json::from_slice(&fs::read(&p).expect("read")).expect("json");
         assert_eq!(back["winner"], "left");
         assert!(no_temp_files(dir.path()));
         assert_eq!(fs::read_dir(dir.path()).expect("dir").count(), 1);
@@ -430,21 +592,57 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("keypoints.xlsx");
         let frames = vec![
-            TrackedFrame { frame: 0, left: Some(kps(100.0, 50.0)), right: Some(kps(900.0, 60.0)), left_box: None, right_box: None },
-            TrackedFrame { frame: 1, left: None, right: Some(kps(890.0, 61.0)), left_box: None, right_box: None },
-            TrackedFrame { frame: 2, left: Some(kps(110.0, 50.0)), right: None, left_box: None, right_box: None },
+            TrackedFrame {
+                frame: 0,
+                left: Some(kps(100.0, 50.0)),
+                right: Some(kps(900.0, 60.0)),
+                left_box: None,
+                right_box: None,
+            },
+            TrackedFrame {
+                frame: 1,
+                left: None,
+                right: Some(kps(890.0, 61.0)),
+                left_box: None,
+                right_box: None,
+            },
+            TrackedFrame {
+                frame: 2,
+                left: Some(kps(110.0, 50.0)),
+                right: None,
+                left_box: None,
+                right_box: None,
+            },
         ];
         write_keypoints_workbook(&p, &frames, 200.0).expect("write");
         assert!(no_temp_files(dir.path()));
         let mut wb: calamine::Xlsx<_> = calamine::open_workbook(&p).expect("open");
-        assert_eq!(wb.sheet_names(), WORKBOOK_SHEETS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            wb.sheet_names(),
+            WORKBOOK_SHEETS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+        );
         let lx = wb.worksheet_range("left_x").expect("left_x");
-        let header: Vec<String> = lx.rows().next().expect("header").iter().map(|c| c.to_string()).collect();
-        assert_eq!(header, (0..17).map(|k| format!("kp_{k}")).collect::<Vec<_>>());
+        let header: Vec<String> = lx
+            .rows()
+            .next()
+            .expect("header")
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(
+            header,
+            (0..17).map(|k| format!("kp_{k}")).collect::<Vec<_>>()
+        );
         let cell = |r: &calamine::Range<Data>, row: u32, col: u32| r.get_value((row, col)).cloned();
         assert_eq!(cell(&lx, 1, 0), Some(Data::Float(0.5)));
         assert_eq!(cell(&lx, 1, 4), Some(Data::Float(104.0 / 200.0)));
-        assert!(matches!(cell(&lx, 2, 0), None | Some(Data::Empty)), "unseen fencer is empty");
+        assert!(
+            matches!(cell(&lx, 2, 0), None | Some(Data::Empty)),
+            "unseen fencer is empty"
+        );
         assert_eq!(cell(&lx, 3, 0), Some(Data::Float(110.0 / 200.0)));
         let ry = wb.worksheet_range("right_y").expect("right_y");
         assert_eq!(cell(&ry, 2, 1), Some(Data::Float((61.0 + 10.0) / 200.0)));
@@ -465,11 +663,27 @@ mod tests {
             return;
         }
         let mut wb: calamine::Xlsx<_> = calamine::open_workbook(&old).expect("open old workbook");
-        assert_eq!(wb.sheet_names(), WORKBOOK_SHEETS.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        assert_eq!(
+            wb.sheet_names(),
+            WORKBOOK_SHEETS
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+        );
         for s in WORKBOOK_SHEETS {
             let r = wb.worksheet_range(s).expect("sheet");
-            let header: Vec<String> = r.rows().next().expect("header").iter().map(|c| c.to_string()).collect();
-            assert_eq!(header, (0..17).map(|k| format!("kp_{k}")).collect::<Vec<_>>(), "sheet {s}");
+            let header: Vec<String> = r
+                .rows()
+                .next()
+                .expect("header")
+                .iter()
+                .map(|c| c.to_string())
+                .collect();
+            assert_eq!(
+                header,
+                (0..17).map(|k| format!("kp_{k}")).collect::<Vec<_>>(),
+                "sheet {s}"
+            );
         }
     }
 
@@ -494,7 +708,9 @@ mod tests {
         let mut stack: Vec<String> = Vec::new();
         let mut rest = svg;
         while let Some(i) = rest.find('<') {
-            let Some(j) = rest[i..].find('>') else { return false };
+            let Some(j) = rest[i..].find('>') else {
+                return false;
+            };
             let tag = &rest[i + 1..i + j];
             rest = &rest[i + j + 1..];
             if tag.starts_with('?') || tag.starts_with('!') || tag.ends_with('/') {
@@ -516,14 +732,31 @@ mod tests {
         let times: Vec<f32> = (0..45).map(|i| i as f32 / 15.0).collect();
         let s = TimelineSeries {
             title: "phrase 3 <double> & co".into(),
-            left_x: times.iter().map(|t| if (1.0..1.2).contains(t) { None } else { Some(0.3 + 0.1 * t) }).collect(),
+            left_x: times
+                .iter()
+                .map(|t| {
+                    if (1.0..1.2).contains(t) {
+                        None
+                    } else {
+                        Some(0.3 + 0.1 * t)
+                    }
+                })
+                .collect(),
             right_x: times.iter().map(|t| Some(0.8 - 0.05 * t)).collect(),
             times,
             pauses: vec![(0.5, 0.9)],
             blade_contacts: vec![1.4],
             hits: vec![
-                TimelineHit { t: 2.6, side: Side::Left, label: "HIT left".into() },
-                TimelineHit { t: 2.62, side: Side::Right, label: "HIT right".into() },
+                TimelineHit {
+                    t: 2.6,
+                    side: Side::Left,
+                    label: "HIT left".into(),
+                },
+                TimelineHit {
+                    t: 2.62,
+                    side: Side::Right,
+                    label: "HIT right".into(),
+                },
             ],
         };
         let svg = timeline_svg(&s);
@@ -533,9 +766,17 @@ mod tests {
         assert_eq!(svg.matches(r#"class="hit""#).count(), 2);
         assert_eq!(svg.matches(r#"class="blade""#).count(), 1);
         assert_eq!(svg.matches(r#"class="pause""#).count(), 1);
-        assert_eq!(svg.matches(r#"class="left""#).count(), 2, "left series broken at the gap");
+        assert_eq!(
+            svg.matches(r#"class="left""#).count(),
+            2,
+            "left series broken at the gap"
+        );
         assert_eq!(svg.matches(r#"class="right""#).count(), 1);
-        assert!(svg.contains("HIT left 2.60s") && svg.contains("blade 1.40s") && svg.contains("time (s)"));
+        assert!(
+            svg.contains("HIT left 2.60s")
+                && svg.contains("blade 1.40s")
+                && svg.contains("time (s)")
+        );
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("timeline.svg");
         write_timeline_svg(&p, &s).expect("write");
@@ -559,7 +800,12 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("overlay.png");
         write_overlay(&p, &img, Some(&left), Some(&right)).expect("write");
-        let out = crate::decode::decode_frame(referee_transport::messages::FrameEncoding::Png, &fs::read(&p).expect("read"), 1 << 20).expect("decode");
+        let out = crate::decode::decode_frame(
+            referee_transport::messages::FrameEncoding::Png,
+            &fs::read(&p).expect("read"),
+            1 << 20,
+        )
+        .expect("decode");
         let px = |x: usize, y: usize| &out.data[(y * 200 + x) * 3..(y * 200 + x) * 3 + 3];
         assert_eq!(px(40, 70), &LEFT_COLOR, "midpoint of the left torso limb");
         assert_eq!(px(145, 100), &RIGHT_COLOR, "midpoint of the right shin");

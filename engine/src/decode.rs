@@ -29,7 +29,11 @@ impl RgbImage {
         for _ in 0..width * height {
             data.extend_from_slice(&rgb);
         }
-        Self { width, height, data }
+        Self {
+            width,
+            height,
+            data,
+        }
     }
 
     /// True when `data` holds exactly `width * height * 3` bytes and the image is not empty.
@@ -50,11 +54,21 @@ pub enum DecodeError {
     #[error("empty frame payload")]
     Empty,
     #[error("image is {width}x{height} = {pixels} pixels, above the limit of {max_pixels}")]
-    TooLarge { width: usize, height: usize, pixels: u128, max_pixels: usize },
+    TooLarge {
+        width: usize,
+        height: usize,
+        pixels: u128,
+        max_pixels: usize,
+    },
     #[error("image has a zero dimension ({width}x{height})")]
     ZeroSize { width: usize, height: usize },
     #[error("raw RGB24 frame of {width}x{height} needs {expected} bytes, got {got}")]
-    RawSize { width: usize, height: usize, expected: u128, got: usize },
+    RawSize {
+        width: usize,
+        height: usize,
+        expected: u128,
+        got: usize,
+    },
     #[error("corrupt JPEG: {0}")]
     Jpeg(String),
     #[error("corrupt PNG: {0}")]
@@ -119,7 +133,12 @@ fn check_size(width: usize, height: usize, max_pixels: usize) -> Result<usize, D
     }
     let pixels = width as u128 * height as u128;
     if pixels > max_pixels as u128 {
-        return Err(DecodeError::TooLarge { width, height, pixels, max_pixels });
+        return Err(DecodeError::TooLarge {
+            width,
+            height,
+            pixels,
+            max_pixels,
+        });
     }
     Ok(pixels as usize)
 }
@@ -134,7 +153,12 @@ fn decode_raw(
     let pixels = check_size(width, height, max_pixels)?;
     let expected = pixels as u128 * 3;
     if bytes.len() as u128 != expected {
-        return Err(DecodeError::RawSize { width, height, expected, got: bytes.len() });
+        return Err(DecodeError::RawSize {
+            width,
+            height,
+            expected,
+            got: bytes.len(),
+        });
     }
     out.width = width;
     out.height = height;
@@ -153,7 +177,9 @@ fn decode_jpeg(bytes: &[u8], max_pixels: usize, out: &mut RgbImage) -> Result<()
         .set_strict_mode(true)
         .jpeg_set_out_colorspace(ColorSpace::RGB);
     let mut decoder = JpegDecoder::new_with_options(ZCursor::new(bytes), options);
-    decoder.decode_headers().map_err(|e| DecodeError::Jpeg(format!("{e:?}")))?;
+    decoder
+        .decode_headers()
+        .map_err(|e| DecodeError::Jpeg(format!("{e:?}")))?;
     let (width, height) = decoder
         .dimensions()
         .ok_or_else(|| DecodeError::Jpeg("no dimensions after the headers".into()))?;
@@ -179,7 +205,9 @@ fn decode_png(bytes: &[u8], max_pixels: usize, out: &mut RgbImage) -> Result<(),
     let png_err = |e: png::DecodingError| DecodeError::Png(e.to_string());
     let mut decoder = png::Decoder::new(Cursor::new(bytes));
     // Worst case the decoder holds one RGBA frame of 16-bit samples plus a few rows.
-    decoder.set_limits(png::Limits { bytes: max_pixels.saturating_mul(8).saturating_add(1 << 20) });
+    decoder.set_limits(png::Limits {
+        bytes: max_pixels.saturating_mul(8).saturating_add(1 << 20),
+    });
     decoder.set_transformations(png::Transformations::normalize_to_color8());
     let header = decoder.read_header_info().map_err(png_err)?;
     let (width, height) = (header.width as usize, header.height as usize);
@@ -190,7 +218,9 @@ fn decode_png(bytes: &[u8], max_pixels: usize, out: &mut RgbImage) -> Result<(),
     }
     let (color, depth) = reader.output_color_type();
     if depth != png::BitDepth::Eight {
-        return Err(DecodeError::PngUnsupported(format!("bit depth {depth:?} after expansion")));
+        return Err(DecodeError::PngUnsupported(format!(
+            "bit depth {depth:?} after expansion"
+        )));
     }
     let channels = match color {
         png::ColorType::Grayscale => 1,
@@ -244,14 +274,23 @@ mod tests {
                 ]);
             }
         }
-        RgbImage { width: w, height: h, data }
+        RgbImage {
+            width: w,
+            height: h,
+            data,
+        }
     }
 
     fn jpeg_of(img: &RgbImage, quality: u8) -> Vec<u8> {
         let mut bytes = Vec::new();
         let enc = jpeg_encoder::Encoder::new(&mut bytes, quality);
-        enc.encode(&img.data, img.width as u16, img.height as u16, jpeg_encoder::ColorType::Rgb)
-            .expect("encode test jpeg");
+        enc.encode(
+            &img.data,
+            img.width as u16,
+            img.height as u16,
+            jpeg_encoder::ColorType::Rgb,
+        )
+        .expect("encode test jpeg");
         bytes
     }
 
@@ -272,7 +311,10 @@ mod tests {
         let img = gradient(96, 64);
         let bytes = jpeg_of(&img, 95);
         let out = decode_frame(FrameEncoding::Jpeg, &bytes, MAX).expect("decode");
-        assert_eq!((out.width, out.height, out.data.len()), (96, 64, 96 * 64 * 3));
+        assert_eq!(
+            (out.width, out.height, out.data.len()),
+            (96, 64, 96 * 64 * 3)
+        );
         let mean_err: f64 = img
             .data
             .iter()
@@ -286,14 +328,19 @@ mod tests {
     #[test]
     fn grayscale_jpeg_becomes_rgb() {
         let (w, h) = (40u16, 24u16);
-        let luma: Vec<u8> = (0..w as usize * h as usize).map(|i| (i % 200) as u8).collect();
+        let luma: Vec<u8> = (0..w as usize * h as usize)
+            .map(|i| (i % 200) as u8)
+            .collect();
         let mut bytes = Vec::new();
         jpeg_encoder::Encoder::new(&mut bytes, 90)
             .encode(&luma, w, h, jpeg_encoder::ColorType::Luma)
             .expect("encode");
         let out = decode_frame(FrameEncoding::Jpeg, &bytes, MAX).expect("decode");
         assert_eq!(out.data.len(), w as usize * h as usize * 3);
-        assert!(out.data.chunks_exact(3).all(|p| p[0] == p[1] && p[1] == p[2]));
+        assert!(out
+            .data
+            .chunks_exact(3)
+            .all(|p| p[0] == p[1] && p[1] == p[2]));
     }
 
     #[test]
@@ -307,7 +354,10 @@ mod tests {
         }
         // Every strict prefix misses at least the end of the entropy-coded data.
         let prefixes = bytes.len().div_ceil(7);
-        assert!(errors * 10 >= prefixes * 9, "{errors} errors out of {prefixes} prefixes");
+        assert!(
+            errors * 10 >= prefixes * 9,
+            "{errors} errors out of {prefixes} prefixes"
+        );
         assert!(decode_frame(FrameEncoding::Jpeg, &bytes[..bytes.len() / 2], MAX).is_err());
     }
 
@@ -334,7 +384,10 @@ mod tests {
             assert!(decode_frame(FrameEncoding::Jpeg, &buf, MAX).is_err());
             assert!(decode_frame(FrameEncoding::Png, &buf, MAX).is_err());
         }
-        assert!(matches!(decode_frame(FrameEncoding::Jpeg, &[], MAX), Err(DecodeError::Empty)));
+        assert!(matches!(
+            decode_frame(FrameEncoding::Jpeg, &[], MAX),
+            Err(DecodeError::Empty)
+        ));
     }
 
     #[test]
@@ -357,23 +410,47 @@ mod tests {
         );
         let ok = jpeg_of(&gradient(400, 300), 80);
         let err = decode_frame(FrameEncoding::Jpeg, &ok, 100_000).unwrap_err();
-        assert!(matches!(err, DecodeError::TooLarge { pixels: 120_000, .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                DecodeError::TooLarge {
+                    pixels: 120_000,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
     }
 
     #[test]
     fn png_variants_decode_to_rgb() {
         let img = gradient(20, 10);
-        let rgb = decode_frame(FrameEncoding::Png, &png_of(20, 10, png::ColorType::Rgb, &img.data), MAX)
-            .expect("rgb png");
+        let rgb = decode_frame(
+            FrameEncoding::Png,
+            &png_of(20, 10, png::ColorType::Rgb, &img.data),
+            MAX,
+        )
+        .expect("rgb png");
         assert_eq!(rgb, img);
-        let rgba: Vec<u8> = img.data.chunks_exact(3).flat_map(|p| [p[0], p[1], p[2], 7]).collect();
-        let out = decode_frame(FrameEncoding::Png, &png_of(20, 10, png::ColorType::Rgba, &rgba), MAX)
-            .expect("rgba png");
+        let rgba: Vec<u8> = img
+            .data
+            .chunks_exact(3)
+            .flat_map(|p| [p[0], p[1], p[2], 7])
+            .collect();
+        let out = decode_frame(
+            FrameEncoding::Png,
+            &png_of(20, 10, png::ColorType::Rgba, &rgba),
+            MAX,
+        )
+        .expect("rgba png");
         assert_eq!(out, img);
         let gray: Vec<u8> = (0..200).map(|i| i as u8).collect();
-        let out =
-            decode_frame(FrameEncoding::Png, &png_of(20, 10, png::ColorType::Grayscale, &gray), MAX)
-                .expect("gray png");
+        let out = decode_frame(
+            FrameEncoding::Png,
+            &png_of(20, 10, png::ColorType::Grayscale, &gray),
+            MAX,
+        )
+        .expect("gray png");
         assert_eq!(&out.data[..6], &[0, 0, 0, 1, 1, 1]);
         let bytes = png_of(20, 10, png::ColorType::Rgb, &img.data);
         assert!(decode_frame(FrameEncoding::Png, &bytes[..bytes.len() - 20], MAX).is_err());
@@ -386,16 +463,31 @@ mod tests {
     #[test]
     fn raw_rgb24_checks_size() {
         let img = gradient(8, 4);
-        let enc = FrameEncoding::Rgb24 { width: 8, height: 4 };
+        let enc = FrameEncoding::Rgb24 {
+            width: 8,
+            height: 4,
+        };
         assert_eq!(decode_frame(enc, &img.data, MAX).expect("raw"), img);
         assert!(matches!(
             decode_frame(enc, &img.data[1..], MAX),
             Err(DecodeError::RawSize { .. })
         ));
-        let huge = FrameEncoding::Rgb24 { width: 100_000, height: 100_000 };
-        assert!(matches!(decode_frame(huge, &img.data, MAX), Err(DecodeError::TooLarge { .. })));
-        let zero = FrameEncoding::Rgb24 { width: 0, height: 4 };
-        assert!(matches!(decode_frame(zero, &img.data, MAX), Err(DecodeError::ZeroSize { .. })));
+        let huge = FrameEncoding::Rgb24 {
+            width: 100_000,
+            height: 100_000,
+        };
+        assert!(matches!(
+            decode_frame(huge, &img.data, MAX),
+            Err(DecodeError::TooLarge { .. })
+        ));
+        let zero = FrameEncoding::Rgb24 {
+            width: 0,
+            height: 4,
+        };
+        assert!(matches!(
+            decode_frame(zero, &img.data, MAX),
+            Err(DecodeError::ZeroSize { .. })
+        ));
     }
 
     #[test]

@@ -66,11 +66,23 @@ pub enum RectifyError {
     #[error("fisheye strength {0} must be finite and in [-1, 1]")]
     BadStrength(f32),
     #[error("fisheye strength {strength} has no inverse at the edges of a {width}x{height} frame (OpenCV returns a degenerate camera matrix here): use a weaker strength")]
-    NoInverse { strength: f32, width: usize, height: usize },
+    NoInverse {
+        strength: f32,
+        width: usize,
+        height: usize,
+    },
     #[error("no output pixel maps inside the source for strength {strength}, balance {balance}")]
     NoValidRegion { strength: f32, balance: f32 },
-    #[error("frame is {got_w}x{got_h} ({got_len} bytes) but the table was built for {want_w}x{want_h}")]
-    SizeMismatch { got_w: usize, got_h: usize, got_len: usize, want_w: usize, want_h: usize },
+    #[error(
+        "frame is {got_w}x{got_h} ({got_len} bytes) but the table was built for {want_w}x{want_h}"
+    )]
+    SizeMismatch {
+        got_w: usize,
+        got_h: usize,
+        got_len: usize,
+        want_w: usize,
+        want_h: usize,
+    },
 }
 
 /// OpenCV fisheye undistortion for one frame size: maps undistorted (output) pixels to source
@@ -129,9 +141,21 @@ impl Fisheye {
         let fmax = cands.iter().copied().fold(f64::NEG_INFINITY, f64::max);
         let nf = b * fmin + (1.0 - b) * fmax;
         if !(nf.is_finite() && nf > 0.0) {
-            return Err(RectifyError::NoInverse { strength, width: w, height: h });
+            return Err(RectifyError::NoInverse {
+                strength,
+                width: w,
+                height: h,
+            });
         }
-        Ok(Self { f, cx, cy, k1, nf, ncx: wf * 0.5 - cn.0 * nf, ncy: hf * 0.5 - cn.1 * nf })
+        Ok(Self {
+            f,
+            cx,
+            cy,
+            k1,
+            nf,
+            ncx: wf * 0.5 - cn.0 * nf,
+            ncy: hf * 0.5 - cn.1 * nf,
+        })
     }
 
     /// initUndistortRectifyMap at a (possibly fractional) output position.
@@ -149,7 +173,9 @@ impl Fisheye {
 /// cv::fisheye::undistortPoints for normalized coordinates with `D = [k1, 0, 0, 0]`; `None`
 /// where OpenCV's Newton iteration does not converge or flips sign (it returns -1e6 there).
 fn undistort_normalized(x: f64, y: f64, k1: f64) -> Option<(f64, f64)> {
-    let theta_d = (x * x + y * y).sqrt().clamp(-std::f64::consts::FRAC_PI_2, std::f64::consts::FRAC_PI_2);
+    let theta_d = (x * x + y * y)
+        .sqrt()
+        .clamp(-std::f64::consts::FRAC_PI_2, std::f64::consts::FRAC_PI_2);
     if theta_d <= 1e-8 {
         return Some((x, y));
     }
@@ -229,11 +255,23 @@ struct Geometry {
 impl Geometry {
     fn new(src_w: usize, src_h: usize, p: &RectifyParams) -> Result<Self, RectifyError> {
         if src_w < 2 || src_h < 2 || src_w > 1 << 15 || src_h > 1 << 15 {
-            return Err(RectifyError::BadSource { width: src_w, height: src_h });
+            return Err(RectifyError::BadSource {
+                width: src_w,
+                height: src_h,
+            });
         }
         let (target_w, target_h) = p.target;
-        if target_w == 0 || target_h == 0 || target_w % 32 != 0 || target_h % 32 != 0 || target_w > 1 << 14 || target_h > 1 << 14 {
-            return Err(RectifyError::BadTarget { width: target_w, height: target_h });
+        if target_w == 0
+            || target_h == 0
+            || target_w % 32 != 0
+            || target_h % 32 != 0
+            || target_w > 1 << 14
+            || target_h > 1 << 14
+        {
+            return Err(RectifyError::BadTarget {
+                width: target_w,
+                height: target_h,
+            });
         }
         let (y0, y1) = p.band;
         if !(y0.is_finite() && y1.is_finite() && 0.0 <= y0 && y0 < y1 && y1 <= 1.0) {
@@ -257,7 +295,10 @@ impl Geometry {
                 .collect();
             let (cx, cy, cw, ch) = largest_rectangle(&mask, src_w, src_h)
                 .filter(|r| r.2 >= 2 && r.3 >= 2)
-                .ok_or(RectifyError::NoValidRegion { strength: p.strength, balance: p.balance })?;
+                .ok_or(RectifyError::NoValidRegion {
+                    strength: p.strength,
+                    balance: p.balance,
+                })?;
             (Some(fe), cx, cy, cw, ch)
         } else {
             (None, 0, 0, src_w, src_h)
@@ -309,7 +350,10 @@ impl Geometry {
             Some(fe) => fe.map(xr + self.crop_x as f64, yr + self.crop_y as f64),
             None => (xr, yr),
         };
-        (u.clamp(0.0, (self.src_w - 1) as f64), v.clamp(0.0, (self.src_h - 1) as f64))
+        (
+            u.clamp(0.0, (self.src_w - 1) as f64),
+            v.clamp(0.0, (self.src_h - 1) as f64),
+        )
     }
 
     fn letterbox(&self) -> Letterbox {
@@ -323,7 +367,10 @@ impl Geometry {
     }
 
     fn check(&self, rgb: &RgbImage) -> Result<(), RectifyError> {
-        if rgb.width != self.src_w || rgb.height != self.src_h || rgb.data.len() != self.src_w * self.src_h * 3 {
+        if rgb.width != self.src_w
+            || rgb.height != self.src_h
+            || rgb.data.len() != self.src_w * self.src_h * 3
+        {
             return Err(RectifyError::SizeMismatch {
                 got_w: rgb.width,
                 got_h: rgb.height,
@@ -380,11 +427,23 @@ impl RemapTable {
             }
         }
         tracing::debug!(
-            src_w, src_h, rect_w = geo.rect_w, rect_h = geo.rect_h, crop_x = geo.crop_x,
-            crop_y = geo.crop_y, band_y0 = geo.band_y0, band_h = geo.band_h,
-            content_w = geo.new_w, content_h = geo.new_h, "remap table built"
+            src_w,
+            src_h,
+            rect_w = geo.rect_w,
+            rect_h = geo.rect_h,
+            crop_x = geo.crop_x,
+            crop_y = geo.crop_y,
+            band_y0 = geo.band_y0,
+            band_h = geo.band_h,
+            content_w = geo.new_w,
+            content_h = geo.new_h,
+            "remap table built"
         );
-        Ok(Self { geo, params: *p, taps })
+        Ok(Self {
+            geo,
+            params: *p,
+            taps,
+        })
     }
 
     /// Parameters the table was built with.
@@ -435,7 +494,11 @@ impl RemapTable {
         let (g_plane, b_plane) = rest.split_at_mut(plane);
         for y in 0..th {
             let row = y * tw..(y + 1) * tw;
-            let (r_row, g_row, b_row) = (&mut r_plane[row.clone()], &mut g_plane[row.clone()], &mut b_plane[row]);
+            let (r_row, g_row, b_row) = (
+                &mut r_plane[row.clone()],
+                &mut g_plane[row.clone()],
+                &mut b_plane[row],
+            );
             if y < g.pad_y || y >= g.pad_y + g.new_h {
                 r_row.fill(pad);
                 g_row.fill(pad);
@@ -531,7 +594,11 @@ impl RemapTable {
                 }
             }
         }
-        Ok(RgbImage { width: g.rect_w, height: g.rect_h, data })
+        Ok(RgbImage {
+            width: g.rect_w,
+            height: g.rect_h,
+            data,
+        })
     }
 }
 
@@ -564,11 +631,19 @@ pub struct RemapCache {
 impl RemapCache {
     /// A cache holding at most `capacity` tables (at least one).
     pub fn new(capacity: usize) -> Self {
-        Self { capacity: capacity.max(1), entries: VecDeque::new() }
+        Self {
+            capacity: capacity.max(1),
+            entries: VecDeque::new(),
+        }
     }
 
     /// The table for this geometry, built on first use.
-    pub fn get(&mut self, src_w: usize, src_h: usize, p: &RectifyParams) -> Result<Arc<RemapTable>, RectifyError> {
+    pub fn get(
+        &mut self,
+        src_w: usize,
+        src_h: usize,
+        p: &RectifyParams,
+    ) -> Result<Arc<RemapTable>, RectifyError> {
         if let Some(i) = self
             .entries
             .iter()
@@ -603,107 +678,187 @@ mod tests {
     /// Printed by `python3 engine/tools/fisheye_reference.py` (OpenCV 4.14.0; 5.0.0 prints the
     /// same numbers): new camera matrix and cv2.fisheye.initUndistortRectifyMap values.
     #[allow(clippy::type_complexity, clippy::excessive_precision)]
-    const OPENCV_CASES: &[(usize, usize, f64, f64, [f64; 4], &[(usize, usize, f64, f64)])] = &[
-        (1280, 720, -0.3, 0.0, [1213.2423566773957, 1213.2423566773957, 640.0, 360.0], &[
-            (0, 0, 86.76972961425781, 48.8079719543457),
-            (1279, 0, 1192.5919189453125, 48.680625915527344),
-            (0, 719, 86.64248657226562, 670.3989868164062),
-            (1279, 719, 1192.7191162109375, 670.5260620117188),
-            (640, 0, 640.0, 0.0),
-            (0, 360, 62.59040451049805, 360.0),
-            (640, 360, 640.0, 360.0),
-            (320, 240, 318.36260986328125, 239.38597106933594),
-            (960, 480, 961.6373901367188, 480.614013671875),
-            (17, 715, 97.10800170898438, 669.3526000976562),
-        ]),
-        (1280, 720, -0.5, 1.0, [900.2101033075077, 900.2101033075077, 640.0, 360.0], &[
-            (0, 0, 55.34402847290039, 31.13101577758789),
-            (1279, 0, 1224.2425537109375, 30.849271774291992),
-            (0, 719, 55.062557220458984, 688.1133422851562),
-            (1279, 719, 1224.5240478515625, 688.3945922851562),
-            (640, 0, 640.0, -91.70885467529297),
-            (0, 360, 0.0, 360.0),
-            (640, 360, 640.0, 360.0),
-            (320, 240, 233.76454162597656, 207.66171264648438),
-            (960, 480, 1046.2354736328125, 512.3383178710938),
-            (17, 715, 61.177330017089844, 689.8267211914062),
-        ]),
-        (1280, 720, 0.3, 0.0, [1275.8733327314787, 1275.8733327314787, 640.0, 360.0], &[
-            (0, 0, 9.721409797668457, 5.468292713165283),
-            (1279, 0, 1269.328857421875, 5.448563575744629),
-            (0, 719, 9.701689720153809, 713.5579833984375),
-            (1279, 719, 1269.3485107421875, 713.57763671875),
-            (640, 0, 640.0, 0.0),
-            (0, 360, 6.281802654266357, 360.0),
-            (640, 360, 640.0, 360.0),
-            (320, 240, 319.88299560546875, 239.9561309814453),
-            (960, 480, 960.1170043945312, 480.04388427734375),
-            (17, 715, 25.798208236694336, 709.986572265625),
-        ]),
-        (1280, 720, 0.3, 0.5, [1269.3961510500271, 1269.3961510500271, 640.0, 360.0], &[
-            (0, 0, 6.657653331756592, 3.7449300289154053),
-            (1279, 0, 1272.388427734375, 3.724848508834839),
-            (0, 719, 6.637581825256348, 715.2767333984375),
-            (1279, 719, 1272.408447265625, 715.2967529296875),
-            (640, 0, 640.0, -1.8230338096618652),
-            (0, 360, 3.1559431552886963, 360.0),
-            (640, 360, 640.0, 360.0),
-            (320, 240, 318.26043701171875, 239.34767150878906),
-            (960, 480, 961.7395629882812, 480.65234375),
-            (17, 715, 22.803932189941406, 711.6928100585938),
-        ]),
-        (1280, 720, 0.3, 1.0, [1262.9189693685757, 1262.9189693685757, 640.0, 360.0], &[
-            (0, 0, 3.5652098655700684, 2.0054306983947754),
-            (1279, 0, 1275.4766845703125, 1.984989047050476),
-            (0, 719, 3.544778347015381, 717.0115966796875),
-            (1279, 719, 1275.4970703125, 717.031982421875),
-            (640, 0, 640.0, -3.6645162105560303),
-            (0, 360, 1.1368683772161603e-13, 360.0),
-            (640, 360, 640.0, 360.0),
-            (320, 240, 316.6214294433594, 238.7330322265625),
-            (960, 480, 963.3786010742188, 481.2669677734375),
-            (17, 715, 19.781465530395508, 713.4150390625),
-        ]),
-        (1920, 1080, 0.1, 0.0, [1884.4571268225563, 1884.4571268225563, 960.0, 540.0], &[
-            (0, 0, 50.09450912475586, 28.17816162109375),
-            (1919, 0, 1869.05224609375, 28.12491226196289),
-            (0, 1079, 50.04128646850586, 1050.9039306640625),
-            (1919, 1079, 1869.10546875, 1050.95703125),
-            (960, 0, 960.0, 0.0),
-            (0, 540, 35.2835693359375, 540.0),
-            (960, 540, 960.0, 540.0),
-            (480, 360, 479.133056640625, 359.6748962402344),
-            (1440, 720, 1440.866943359375, 720.3251342773438),
-            (17, 1075, 64.37284088134766, 1048.12353515625),
-        ]),
-        (640, 480, -0.2, 0.5, [568.0640346530181, 568.0640346530181, 320.0, 240.0], &[
-            (0, 0, 29.53201675415039, 22.149011611938477),
-            (639, 0, 609.7672729492188, 21.993282318115234),
-            (0, 479, 29.376407623291016, 457.05950927734375),
-            (639, 479, 609.9226684570312, 457.2148132324219),
-            (320, 0, 320.0, -7.657959461212158),
-            (0, 240, 8.955500602722168, 240.0),
-            (320, 240, 320.0, 240.0),
-            (160, 160, 148.61654663085938, 154.3082733154297),
-            (480, 320, 491.3834533691406, 325.69171142578125),
-            (17, 475, 40.894718170166016, 456.4678039550781),
-        ]),
-        (1281, 721, 0.5, 0.25, [1309.9068953535284, 1309.9068953535284, 640.752798017406, 360.7491238572168], &[
-            (0, 0, -5.183094501495361, -3.0249216556549072),
-            (1280, 0, 1284.6341552734375, -3.007020950317383),
-            (0, 720, -5.16532039642334, 722.5051879882812),
-            (1280, 720, 1284.6163330078125, 722.4873046875),
-            (640, 0, 639.7556762695312, 3.8147573471069336),
-            (0, 360, -2.582514524459839, 359.7481384277344),
-            (640, 360, 639.7637939453125, 359.76739501953125),
-            (320, 240, 323.65716552734375, 241.22279357910156),
-            (960, 480, 955.8243408203125, 478.2855224609375),
-            (17, 716, 12.371133804321289, 718.2432250976562),
-        ]),
+    const OPENCV_CASES: &[(
+        usize,
+        usize,
+        f64,
+        f64,
+        [f64; 4],
+        &[(usize, usize, f64, f64)],
+    )] = &[
+        (
+            1280,
+            720,
+            -0.3,
+            0.0,
+            [1213.2423566773957, 1213.2423566773957, 640.0, 360.0],
+            &[
+                (0, 0, 86.76972961425781, 48.8079719543457),
+                (1279, 0, 1192.5919189453125, 48.680625915527344),
+                (0, 719, 86.64248657226562, 670.3989868164062),
+                (1279, 719, 1192.7191162109375, 670.5260620117188),
+                (640, 0, 640.0, 0.0),
+                (0, 360, 62.59040451049805, 360.0),
+                (640, 360, 640.0, 360.0),
+                (320, 240, 318.36260986328125, 239.38597106933594),
+                (960, 480, 961.6373901367188, 480.614013671875),
+                (17, 715, 97.10800170898438, 669.3526000976562),
+            ],
+        ),
+        (
+            1280,
+            720,
+            -0.5,
+            1.0,
+            [900.2101033075077, 900.2101033075077, 640.0, 360.0],
+            &[
+                (0, 0, 55.34402847290039, 31.13101577758789),
+                (1279, 0, 1224.2425537109375, 30.849271774291992),
+                (0, 719, 55.062557220458984, 688.1133422851562),
+                (1279, 719, 1224.5240478515625, 688.3945922851562),
+                (640, 0, 640.0, -91.70885467529297),
+                (0, 360, 0.0, 360.0),
+                (640, 360, 640.0, 360.0),
+                (320, 240, 233.76454162597656, 207.66171264648438),
+                (960, 480, 1046.2354736328125, 512.3383178710938),
+                (17, 715, 61.177330017089844, 689.8267211914062),
+            ],
+        ),
+        (
+            1280,
+            720,
+            0.3,
+            0.0,
+            [1275.8733327314787, 1275.8733327314787, 640.0, 360.0],
+            &[
+                (0, 0, 9.721409797668457, 5.468292713165283),
+                (1279, 0, 1269.328857421875, 5.448563575744629),
+                (0, 719, 9.701689720153809, 713.5579833984375),
+                (1279, 719, 1269.3485107421875, 713.57763671875),
+                (640, 0, 640.0, 0.0),
+                (0, 360, 6.281802654266357, 360.0),
+                (640, 360, 640.0, 360.0),
+                (320, 240, 319.88299560546875, 239.9561309814453),
+                (960, 480, 960.1170043945312, 480.04388427734375),
+                (17, 715, 25.798208236694336, 709.986572265625),
+            ],
+        ),
+        (
+            1280,
+            720,
+            0.3,
+            0.5,
+            [1269.3961510500271, 1269.3961510500271, 640.0, 360.0],
+            &[
+                (0, 0, 6.657653331756592, 3.7449300289154053),
+                (1279, 0, 1272.388427734375, 3.724848508834839),
+                (0, 719, 6.637581825256348, 715.2767333984375),
+                (1279, 719, 1272.408447265625, 715.2967529296875),
+                (640, 0, 640.0, -1.8230338096618652),
+                (0, 360, 3.1559431552886963, 360.0),
+                (640, 360, 640.0, 360.0),
+                (320, 240, 318.26043701171875, 239.34767150878906),
+                (960, 480, 961.7395629882812, 480.65234375),
+                (17, 715, 22.803932189941406, 711.6928100585938),
+            ],
+        ),
+        (
+            1280,
+            720,
+            0.3,
+            1.0,
+            [1262.9189693685757, 1262.9189693685757, 640.0, 360.0],
+            &[
+                (0, 0, 3.5652098655700684, 2.0054306983947754),
+                (1279, 0, 1275.4766845703125, 1.984989047050476),
+                (0, 719, 3.544778347015381, 717.0115966796875),
+                (1279, 719, 1275.4970703125, 717.031982421875),
+                (640, 0, 640.0, -3.6645162105560303),
+                (0, 360, 1.1368683772161603e-13, 360.0),
+                (640, 360, 640.0, 360.0),
+                (320, 240, 316.6214294433594, 238.7330322265625),
+                (960, 480, 963.3786010742188, 481.2669677734375),
+                (17, 715, 19.781465530395508, 713.4150390625),
+            ],
+        ),
+        (
+            1920,
+            1080,
+            0.1,
+            0.0,
+            [1884.4571268225563, 1884.4571268225563, 960.0, 540.0],
+            &[
+                (0, 0, 50.09450912475586, 28.17816162109375),
+                (1919, 0, 1869.05224609375, 28.12491226196289),
+                (0, 1079, 50.04128646850586, 1050.9039306640625),
+                (1919, 1079, 1869.10546875, 1050.95703125),
+                (960, 0, 960.0, 0.0),
+                (0, 540, 35.2835693359375, 540.0),
+                (960, 540, 960.0, 540.0),
+                (480, 360, 479.133056640625, 359.6748962402344),
+                (1440, 720, 1440.866943359375, 720.3251342773438),
+                (17, 1075, 64.37284088134766, 1048.12353515625),
+            ],
+        ),
+        (
+            640,
+            480,
+            -0.2,
+            0.5,
+            [568.0640346530181, 568.0640346530181, 320.0, 240.0],
+            &[
+                (0, 0, 29.53201675415039, 22.149011611938477),
+                (639, 0, 609.7672729492188, 21.993282318115234),
+                (0, 479, 29.376407623291016, 457.05950927734375),
+                (639, 479, 609.9226684570312, 457.2148132324219),
+                (320, 0, 320.0, -7.657959461212158),
+                (0, 240, 8.955500602722168, 240.0),
+                (320, 240, 320.0, 240.0),
+                (160, 160, 148.61654663085938, 154.3082733154297),
+                (480, 320, 491.3834533691406, 325.69171142578125),
+                (17, 475, 40.894718170166016, 456.4678039550781),
+            ],
+        ),
+        (
+            1281,
+            721,
+            0.5,
+            0.25,
+            [
+                1309.9068953535284,
+                1309.9068953535284,
+                640.752798017406,
+                360.7491238572168,
+            ],
+            &[
+                (0, 0, -5.183094501495361, -3.0249216556549072),
+                (1280, 0, 1284.6341552734375, -3.007020950317383),
+                (0, 720, -5.16532039642334, 722.5051879882812),
+                (1280, 720, 1284.6163330078125, 722.4873046875),
+                (640, 0, 639.7556762695312, 3.8147573471069336),
+                (0, 360, -2.582514524459839, 359.7481384277344),
+                (640, 360, 639.7637939453125, 359.76739501953125),
+                (320, 240, 323.65716552734375, 241.22279357910156),
+                (960, 480, 955.8243408203125, 478.2855224609375),
+                (17, 716, 12.371133804321289, 718.2432250976562),
+            ],
+        ),
     ];
 
-    fn params(fisheye: bool, strength: f32, balance: f32, band: (f32, f32), target: (usize, usize)) -> RectifyParams {
-        RectifyParams { fisheye_enabled: fisheye, strength, balance, band, target }
+    fn params(
+        fisheye: bool,
+        strength: f32,
+        balance: f32,
+        band: (f32, f32),
+        target: (usize, usize),
+    ) -> RectifyParams {
+        RectifyParams {
+            fisheye_enabled: fisheye,
+            strength,
+            balance,
+            band,
+            target,
+        }
     }
 
     /// Deterministic textured test frame (gradients plus a checker so bilinear errors show).
@@ -717,12 +872,19 @@ mod tests {
                 data.push(((x * 7 + y * 13) % 256) as u8);
             }
         }
-        RgbImage { width: w, height: h, data }
+        RgbImage {
+            width: w,
+            height: h,
+            data,
+        }
     }
 
     fn max_diff(a: &[f32], b: &[f32]) -> f32 {
         assert_eq!(a.len(), b.len());
-        a.iter().zip(b).map(|(x, y)| (x - y).abs()).fold(0.0, f32::max)
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0, f32::max)
     }
 
     #[test]
@@ -761,15 +923,22 @@ mod tests {
     #[test]
     fn too_strong_negative_strength_is_an_error() {
         // OpenCV returns a degenerate K (f = 0.00128) here; we refuse.
-        let err = RemapTable::build(1280, 720, &params(true, -0.7, 0.0, (0.0, 1.0), (640, 384))).unwrap_err();
+        let err = RemapTable::build(1280, 720, &params(true, -0.7, 0.0, (0.0, 1.0), (640, 384)))
+            .unwrap_err();
         assert!(matches!(err, RectifyError::NoInverse { .. }), "{err:?}");
     }
 
     #[test]
     fn disabled_equals_plain_letterbox() {
-        for &(w, h, tw, th) in &[(1280, 720, 640, 384), (640, 480, 320, 320), (97, 211, 64, 96), (50, 30, 640, 640)] {
+        for &(w, h, tw, th) in &[
+            (1280, 720, 640, 384),
+            (640, 480, 320, 320),
+            (97, 211, 64, 96),
+            (50, 30, 640, 640),
+        ] {
             let img = frame(w, h);
-            let table = RemapTable::build(w, h, &params(false, 0.0, 0.0, (0.0, 1.0), (tw, th))).expect("build");
+            let table = RemapTable::build(w, h, &params(false, 0.0, 0.0, (0.0, 1.0), (tw, th)))
+                .expect("build");
             let mut out = Vec::new();
             table.apply(&img, &mut out).expect("apply");
             let plain = referee_models::letterbox_rgb(&img.data, w, h, tw, th);
@@ -812,14 +981,25 @@ mod tests {
             let (u, v) = fe.map(x as f64, y as f64);
             (0.0..=1279.0).contains(&u) && (0.0..=719.0).contains(&v)
         };
-        let (x0, y0, x1, y1) = (g.crop_x, g.crop_y, g.crop_x + g.rect_w - 1, g.crop_y + g.rect_h - 1);
+        let (x0, y0, x1, y1) = (
+            g.crop_x,
+            g.crop_y,
+            g.crop_x + g.rect_w - 1,
+            g.crop_y + g.rect_h - 1,
+        );
         for y in y0..=y1 {
-            assert!(inside(x0, y) && inside(x1, y), "edge column invalid at y={y}");
+            assert!(
+                inside(x0, y) && inside(x1, y),
+                "edge column invalid at y={y}"
+            );
         }
         for x in x0..=x1 {
             assert!(inside(x, y0) && inside(x, y1), "edge row invalid at x={x}");
         }
-        println!("1280x720 strength -0.3 balance 0: rectified {:?} at ({x0},{y0})", table.rectified_size());
+        println!(
+            "1280x720 strength -0.3 balance 0: rectified {:?} at ({x0},{y0})",
+            table.rectified_size()
+        );
         // Growing the rectangle by one pixel on any side would take in an invalid pixel
         // (or leave the image).
         let row_ok = |y: usize| (x0..=x1).all(|x| inside(x, y));
@@ -847,12 +1027,18 @@ mod tests {
 
     #[test]
     fn letterbox_maps_back_to_the_rectified_image() {
-        for p in [params(true, -0.3, 0.0, (0.25, 0.9), (640, 384)), params(false, 0.0, 0.0, (0.3, 0.8), (320, 320))] {
+        for p in [
+            params(true, -0.3, 0.0, (0.25, 0.9), (640, 384)),
+            params(false, 0.0, 0.0, (0.3, 0.8), (320, 320)),
+        ] {
             let (w, h) = (1280, 720);
             let table = RemapTable::build(w, h, &p).expect("build");
             let (rw, rh) = table.rectified_size();
             // A bright blob at a known rectified position, drawn in the raw frame.
-            for &(xr, yr) in &[(rw as f32 * 0.3, rh as f32 * 0.5), (rw as f32 * 0.8, rh as f32 * 0.7)] {
+            for &(xr, yr) in &[
+                (rw as f32 * 0.3, rh as f32 * 0.5),
+                (rw as f32 * 0.8, rh as f32 * 0.7),
+            ] {
                 let (u, v) = table.rectified_to_source(xr, yr);
                 let mut img = RgbImage::filled(w, h, [0, 0, 0]);
                 for dy in -4i32..=4 {
@@ -877,7 +1063,10 @@ mod tests {
                 let (bx, by) = prep.letterbox.to_source(sx / sw, sy / sw);
                 // Continuous coordinates: the blob's centre pixel covers [xr, xr + 1).
                 let (ex, ey) = (u.round() - u + xr + 0.5, v.round() - v + yr + 0.5);
-                assert!((bx - ex).abs() < 2.0 && (by - ey).abs() < 2.0, "{p:?}: mapped back to ({bx},{by}), expected ({ex},{ey})");
+                assert!(
+                    (bx - ex).abs() < 2.0 && (by - ey).abs() < 2.0,
+                    "{p:?}: mapped back to ({bx},{by}), expected ({ex},{ey})"
+                );
             }
         }
     }
@@ -885,33 +1074,97 @@ mod tests {
     #[test]
     fn apply_reuses_buffer_and_pads() {
         let img = frame(1280, 720);
-        let table = RemapTable::build(1280, 720, &params(true, -0.3, 0.0, (0.2, 0.9), (640, 640))).expect("build");
+        let table = RemapTable::build(1280, 720, &params(true, -0.3, 0.0, (0.2, 0.9), (640, 640)))
+            .expect("build");
         let mut out = Vec::new();
         table.apply(&img, &mut out).expect("apply");
         let ptr = out.as_ptr();
         out.iter_mut().for_each(|v| *v = -1.0);
         table.apply(&img, &mut out).expect("apply again");
         assert_eq!(out.as_ptr(), ptr);
-        assert!(out.iter().all(|v| (0.0..=1.0).contains(v)), "every value rewritten");
-        assert_eq!(out[0], PAD_VALUE as f32 / 255.0, "top-left is padding for a wide band");
+        assert!(
+            out.iter().all(|v| (0.0..=1.0).contains(v)),
+            "every value rewritten"
+        );
+        assert_eq!(
+            out[0],
+            PAD_VALUE as f32 / 255.0,
+            "top-left is padding for a wide band"
+        );
         assert_eq!(out.len(), 3 * 640 * 640);
     }
 
     #[test]
     fn bad_inputs_are_errors() {
         let ok = params(true, -0.3, 0.0, (0.0, 1.0), (640, 384));
-        assert!(matches!(RemapTable::build(1, 720, &ok), Err(RectifyError::BadSource { .. })));
-        assert!(matches!(RemapTable::build(1280, 720, &RectifyParams { target: (600, 384), ..ok }), Err(RectifyError::BadTarget { .. })));
-        assert!(matches!(RemapTable::build(1280, 720, &RectifyParams { band: (0.5, 0.5), ..ok }), Err(RectifyError::BadBand { .. })));
-        assert!(matches!(RemapTable::build(1280, 720, &RectifyParams { band: (f32::NAN, 1.0), ..ok }), Err(RectifyError::BadBand { .. })));
-        assert!(matches!(RemapTable::build(1280, 720, &RectifyParams { balance: 1.5, ..ok }), Err(RectifyError::BadBalance(_))));
-        assert!(matches!(RemapTable::build(1280, 720, &RectifyParams { strength: f32::NAN, ..ok }), Err(RectifyError::BadStrength(_))));
+        assert!(matches!(
+            RemapTable::build(1, 720, &ok),
+            Err(RectifyError::BadSource { .. })
+        ));
+        assert!(matches!(
+            RemapTable::build(
+                1280,
+                720,
+                &RectifyParams {
+                    target: (600, 384),
+                    ..ok
+                }
+            ),
+            Err(RectifyError::BadTarget { .. })
+        ));
+        assert!(matches!(
+            RemapTable::build(
+                1280,
+                720,
+                &RectifyParams {
+                    band: (0.5, 0.5),
+                    ..ok
+                }
+            ),
+            Err(RectifyError::BadBand { .. })
+        ));
+        assert!(matches!(
+            RemapTable::build(
+                1280,
+                720,
+                &RectifyParams {
+                    band: (f32::NAN, 1.0),
+                    ..ok
+                }
+            ),
+            Err(RectifyError::BadBand { .. })
+        ));
+        assert!(matches!(
+            RemapTable::build(1280, 720, &RectifyParams { balance: 1.5, ..ok }),
+            Err(RectifyError::BadBalance(_))
+        ));
+        assert!(matches!(
+            RemapTable::build(
+                1280,
+                720,
+                &RectifyParams {
+                    strength: f32::NAN,
+                    ..ok
+                }
+            ),
+            Err(RectifyError::BadStrength(_))
+        ));
         let table = RemapTable::build(64, 48, &ok).expect("small build");
         let mut out = Vec::new();
         let wrong = frame(48, 64);
-        assert!(matches!(table.apply(&wrong, &mut out), Err(RectifyError::SizeMismatch { .. })));
-        let short = RgbImage { width: 64, height: 48, data: vec![0; 100] };
-        assert!(matches!(table.apply(&short, &mut out), Err(RectifyError::SizeMismatch { .. })));
+        assert!(matches!(
+            table.apply(&wrong, &mut out),
+            Err(RectifyError::SizeMismatch { .. })
+        ));
+        let short = RgbImage {
+            width: 64,
+            height: 48,
+            data: vec![0; 100],
+        };
+        assert!(matches!(
+            table.apply(&short, &mut out),
+            Err(RectifyError::SizeMismatch { .. })
+        ));
         assert!(table.apply_reference(&short, &mut out).is_err());
         assert!(table.undistort_rgb(&short).is_err());
     }
@@ -919,12 +1172,16 @@ mod tests {
     #[test]
     fn undistort_rgb_has_the_rectified_size() {
         let img = frame(320, 180);
-        let table = RemapTable::build(320, 180, &params(true, -0.3, 0.0, (0.0, 1.0), (320, 192))).expect("build");
+        let table = RemapTable::build(320, 180, &params(true, -0.3, 0.0, (0.0, 1.0), (320, 192)))
+            .expect("build");
         let rect = table.undistort_rgb(&img).expect("undistort");
         assert_eq!((rect.width, rect.height), table.rectified_size());
         assert!(rect.is_consistent());
         let off = params(false, -0.3, 0.0, (0.0, 1.0), (320, 192));
-        let same = RemapTable::build(320, 180, &off).expect("build").undistort_rgb(&img).expect("plain");
+        let same = RemapTable::build(320, 180, &off)
+            .expect("build")
+            .undistort_rgb(&img)
+            .expect("plain");
         assert_eq!(same, img);
     }
 

@@ -42,7 +42,7 @@ pub struct TrackerConfig {
     pub gate: f32,
     /// Gate growth per unseen frame, in body heights (capped at 4 body heights).
     pub gate_growth: f32,
-    /// Candidates below this quality are never acquired as fencers.
+    /// Candidates below this quality are never taken as fencers (acquired or matched).
     pub min_quality: f32,
 }
 
@@ -55,9 +55,9 @@ impl Default for TrackerConfig {
             min_score: 0.25,
             kp_conf: 0.3,
             max_missed: 30,
-            gate: 1.0,
+            gate: 0.75,
             gate_growth: 0.15,
-            min_quality: 0.02,
+            min_quality: 0.05,
         }
     }
 }
@@ -95,14 +95,19 @@ struct Track {
 
 impl Track {
     fn gap(&self, frame: u64) -> u32 {
-        frame.saturating_sub(self.last_frame).clamp(1, u32::MAX as u64) as u32
+        frame
+            .saturating_sub(self.last_frame)
+            .clamp(1, u32::MAX as u64) as u32
     }
 
     /// Constant velocity, damped by 0.85 per frame beyond the first while unseen.
     fn predict(&self, frame: u64) -> (f32, f32) {
         let gap = self.gap(frame).min(60);
         let steps: f32 = (0..gap).map(|k| 0.85f32.powi(k as i32)).sum();
-        (self.pos.0 + self.vel.0 * steps, self.pos.1 + self.vel.1 * steps)
+        (
+            self.pos.0 + self.vel.0 * steps,
+            self.pos.1 + self.vel.1 * steps,
+        )
     }
 
     fn gate(&self, cfg: &TrackerConfig, frame: u64) -> f32 {
@@ -111,6 +116,9 @@ impl Track {
 
     /// Distance in body heights from the prediction, or `None` outside the gate.
     fn cost(&self, c: &Candidate, cfg: &TrackerConfig, frame: u64) -> Option<f32> {
+        if c.quality < cfg.min_quality {
+            return None;
+        }
         let p = self.predict(frame);
         let d = ((c.pos.0 - p.0).powi(2) + (c.pos.1 - p.1).powi(2)).sqrt() / self.height.max(1.0);
         (d <= self.gate(cfg, frame)).then_some(d + 0.2 * (1.0 - c.quality))
@@ -122,7 +130,10 @@ impl Track {
         // Clamp: a bad match must not fling the prediction across the piste.
         let vmax = 0.5 * self.height.max(1.0);
         let clamp = |a: f32| a.clamp(-vmax, vmax);
-        self.vel = (clamp(0.6 * v.0 + 0.4 * self.vel.0), clamp(0.6 * v.1 + 0.4 * self.vel.1));
+        self.vel = (
+            clamp(0.6 * v.0 + 0.4 * self.vel.0),
+            clamp(0.6 * v.1 + 0.4 * self.vel.1),
+        );
         self.pos = c.pos;
         self.height = 0.7 * self.height + 0.3 * c.height;
         self.last_frame = frame;
@@ -130,7 +141,13 @@ impl Track {
     }
 
     fn start(c: &Candidate, frame: u64) -> Self {
-        Self { pos: c.pos, vel: (0.0, 0.0), height: c.height, last_frame: frame, missed: 0 }
+        Self {
+            pos: c.pos,
+            vel: (0.0, 0.0),
+            height: c.height,
+            last_frame: frame,
+            missed: 0,
+        }
     }
 }
 
@@ -145,7 +162,11 @@ pub struct TwoFencerTracker {
 impl TwoFencerTracker {
     /// A tracker with no fencer acquired yet.
     pub fn new(cfg: TrackerConfig) -> Self {
-        Self { cfg, left: None, right: None }
+        Self {
+            cfg,
+            left: None,
+            right: None,
+        }
     }
 
     /// Forgets both fencers (e.g. at a new phrase).
@@ -161,16 +182,31 @@ impl TwoFencerTracker {
 
     /// Assigns this frame's detections to the two fencers. `image_w`/`image_h` is the size of
     /// the image the detections are expressed in. Frames should arrive in increasing order.
-    pub fn update(&mut self, frame: u64, persons: &[Person], image_w: f32, image_h: f32) -> TrackedFrame {
+    pub fn update(
+        &mut self,
+        frame: u64,
+        persons: &[Person],
+        image_w: f32,
+        image_h: f32,
+    ) -> TrackedFrame {
         let (iw, ih) = (
-            if image_w.is_finite() && image_w > 0.0 { image_w } else { 1.0 },
-            if image_h.is_finite() && image_h > 0.0 { image_h } else { 1.0 },
+            if image_w.is_finite() && image_w > 0.0 {
+                image_w
+            } else {
+                1.0
+            },
+            if image_h.is_finite() && image_h > 0.0 {
+                image_h
+            } else {
+                1.0
+            },
         );
-        let cands: Vec<Candidate> = persons
+        let mut cands: Vec<Candidate> = persons
             .iter()
             .enumerate()
             .filter_map(|(i, p)| candidate(i, p, &self.cfg, ih))
             .collect();
+        dedupe(&mut cands, persons, self.cfg.kp_conf);
 
         // Drop tracks unseen for too long.
         for t in [&mut self.left, &mut self.right] {
@@ -186,7 +222,9 @@ impl TwoFencerTracker {
         if self.left.is_none() || self.right.is_none() {
             let mut free: Vec<&Candidate> = cands
                 .iter()
-                .filter(|c| Some(c.idx) != li && Some(c.idx) != ri && c.quality >= self.cfg.min_quality)
+                .filter(|c| {
+                    Some(c.idx) != li && Some(c.idx) != ri && c.quality >= self.cfg.min_quality
+                })
                 .collect();
             free.sort_by(|a, b| b.quality.total_cmp(&a.quality));
             match (self.left.is_some(), self.right.is_some()) {
@@ -244,9 +282,16 @@ impl TwoFencerTracker {
     fn assign(&mut self, cands: &[Candidate], frame: u64) -> (Option<usize>, Option<usize>) {
         let cfg = self.cfg;
         let options = |t: &Option<Track>| -> Vec<(Option<usize>, f32)> {
-            let Some(tr) = t else { return vec![(None, 0.0)] };
+            let Some(tr) = t else {
+                return vec![(None, 0.0)];
+            };
             let mut v = vec![(None, tr.gate(&cfg, frame))];
-            v.extend(cands.iter().enumerate().filter_map(|(k, c)| tr.cost(c, &cfg, frame).map(|d| (Some(k), d))));
+            v.extend(
+                cands
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(k, c)| tr.cost(c, &cfg, frame).map(|d| (Some(k), d))),
+            );
             v
         };
         let (lo, ro) = (options(&self.left), options(&self.right));
@@ -285,10 +330,58 @@ fn kp(p: &Person, i: usize, conf: f32) -> Option<(f32, f32)> {
     (k[2] >= conf && k[0].is_finite() && k[1].is_finite()).then_some((k[0], k[1]))
 }
 
+/// Intersection over union of two boxes x1, y1, x2, y2.
+fn iou(a: &[f32; 4], b: &[f32; 4]) -> f32 {
+    let iw = (a[2].min(b[2]) - a[0].max(b[0])).max(0.0);
+    let ih = (a[3].min(b[3]) - a[1].max(b[1])).max(0.0);
+    let inter = iw * ih;
+    let area = |r: &[f32; 4]| (r[2] - r[0]).max(0.0) * (r[3] - r[1]).max(0.0);
+    let union = area(a) + area(b) - inter;
+    if union > 0.0 {
+        inter / union
+    } else {
+        0.0
+    }
+}
+
+/// Mean distance between the keypoints two detections both see confidently, in pixels.
+fn keypoint_distance(a: &Person, b: &Person, conf: f32) -> Option<f32> {
+    let (mut sum, mut n) = (0.0f32, 0u32);
+    for (p, q) in a.keypoints.iter().zip(&b.keypoints) {
+        if p[2] >= conf && q[2] >= conf {
+            sum += ((p[0] - q[0]).powi(2) + (p[1] - q[1]).powi(2)).sqrt();
+            n += 1;
+        }
+    }
+    (n >= 5).then(|| sum / n as f32)
+}
+
+/// Drops duplicate detections of one person (NMS leftovers: overlapping boxes AND nearly the
+/// same keypoints), keeping the higher score, so a duplicate can never be handed to the other
+/// fencer's track. Two fencers in corps-a-corps overlap too, but their poses differ.
+fn dedupe(cands: &mut Vec<Candidate>, persons: &[Person], conf: f32) {
+    cands.sort_by(|a, b| persons[b.idx].score.total_cmp(&persons[a.idx].score));
+    let mut kept: Vec<Candidate> = Vec::with_capacity(cands.len());
+    for c in cands.drain(..) {
+        let duplicate = kept.iter().any(|k| {
+            let (pk, pc) = (&persons[k.idx], &persons[c.idx]);
+            iou(&pk.bbox, &pc.bbox) > 0.6
+                && keypoint_distance(pk, pc, conf)
+                    .is_some_and(|d| d < 0.08 * k.height.max(c.height))
+        });
+        if !duplicate {
+            kept.push(c);
+        }
+    }
+    *cands = kept;
+}
+
 /// Geometry and acquisition quality of one detection; `None` when it is unusable.
 fn candidate(idx: usize, p: &Person, cfg: &TrackerConfig, ih: f32) -> Option<Candidate> {
     let [x1, y1, x2, y2] = p.bbox;
-    if !(p.score.is_finite() && [x1, y1, x2, y2].iter().all(|v| v.is_finite())) || p.score < cfg.min_score {
+    if !(p.score.is_finite() && [x1, y1, x2, y2].iter().all(|v| v.is_finite()))
+        || p.score < cfg.min_score
+    {
         return None;
     }
     let (bw, bh) = (x2 - x1, y2 - y1);
@@ -302,13 +395,25 @@ fn candidate(idx: usize, p: &Person, cfg: &TrackerConfig, ih: f32) -> Option<Can
         (None, None) => ((x1 + x2) / 2.0, y1 + 0.55 * bh),
     };
     let ankles = [kp(p, L_ANKLE, c), kp(p, R_ANKLE, c)];
-    let feet_y = ankles.iter().flatten().map(|a| a.1).fold(f32::NAN, f32::max);
+    let feet_y = ankles
+        .iter()
+        .flatten()
+        .map(|a| a.1)
+        .fold(f32::NAN, f32::max);
     let feet_y = if feet_y.is_nan() { y2 } else { feet_y };
 
     let size = (bh / ih).min(1.0);
     let feet_frac = feet_y / ih;
-    let in_band = if feet_frac >= cfg.feet_band.0 && feet_frac <= cfg.feet_band.1 + 0.02 { 1.0 } else { 0.15 };
-    let cut_off = if y2 >= ih * (1.0 - cfg.bottom_margin) { 0.2 } else { 1.0 };
+    let in_band = if feet_frac >= cfg.feet_band.0 && feet_frac <= cfg.feet_band.1 + 0.02 {
+        1.0
+    } else {
+        0.15
+    };
+    let cut_off = if y2 >= ih * (1.0 - cfg.bottom_margin) {
+        0.2
+    } else {
+        1.0
+    };
     // En garde: feet apart (ankles or box width) relative to height; a referee stands upright.
     let spread = match ankles {
         [Some(a), Some(b)] => (a.0 - b.0).abs() / bh,
@@ -321,7 +426,12 @@ fn candidate(idx: usize, p: &Person, cfg: &TrackerConfig, ih: f32) -> Option<Can
         _ => 0.85,
     };
     let quality = (size * in_band * cut_off * stance * upright * p.score.min(1.0) * 4.0).min(1.0);
-    Some(Candidate { idx, pos, height: bh, quality })
+    Some(Candidate {
+        idx,
+        pos,
+        height: bh,
+        quality,
+    })
 }
 
 #[cfg(test)]
@@ -334,6 +444,25 @@ mod tests {
     /// A fencer in en-garde with hips at (x, y): box 200 px tall, ankles apart.
     fn fencer(x: f32, y: f32) -> Person {
         person(x, y, 200.0, 70.0, 0.9)
+    }
+
+    /// Arms and front knee pointing towards `dir` (+1 = right): fencers face each other, so two
+    /// overlapping fencers have different poses (unlike a duplicate detection).
+    fn facing(mut p: Person, dir: f32) -> Person {
+        let (x, top) = (
+            (p.keypoints[L_HIP][0] + p.keypoints[R_HIP][0]) / 2.0,
+            p.bbox[1],
+        );
+        for (k, dx, dy) in [
+            (7, 45.0, 45.0),
+            (8, 45.0, 45.0),
+            (9, 90.0, 40.0),
+            (10, 90.0, 40.0),
+            (13, 35.0, 150.0),
+        ] {
+            p.keypoints[k] = [x + dir * dx, top + dy, 0.9];
+        }
+        p
     }
 
     /// A person with hips at (x, y), box height `h`, ankles `spread` apart.
@@ -350,7 +479,16 @@ mod tests {
         kps[R_HIP] = [x + 10.0, y, 0.9];
         kps[L_ANKLE] = [x - spread / 2.0, bottom - 3.0, 0.9];
         kps[R_ANKLE] = [x + spread / 2.0, bottom - 3.0, 0.9];
-        Person { score, bbox: [x - spread / 2.0 - 20.0, top, x + spread / 2.0 + 20.0, bottom], keypoints: kps }
+        Person {
+            score,
+            bbox: [
+                x - spread / 2.0 - 20.0,
+                top,
+                x + spread / 2.0 + 20.0,
+                bottom,
+            ],
+            keypoints: kps,
+        }
     }
 
     fn hip_x(k: &Keypoints) -> f32 {
@@ -372,13 +510,32 @@ mod tests {
         // Referee: larger (closer to the camera), cut by the bottom edge, upright.
         let referee = person(640.0, 600.0, 300.0, 20.0, 0.95);
         let spectator = person(100.0, 200.0, 40.0, 10.0, 0.9);
-        let f = t.update(0, &[referee, fencer(400.0, 420.0), spectator, fencer(850.0, 420.0)], W, H);
+        let f = t.update(
+            0,
+            &[
+                referee,
+                fencer(400.0, 420.0),
+                spectator,
+                fencer(850.0, 420.0),
+            ],
+            W,
+            H,
+        );
         assert_eq!(hip_x(&f.left.expect("left")), 400.0);
         assert_eq!(hip_x(&f.right.expect("right")), 850.0);
         // ... and keeps ignoring the referee when he walks between them later.
         for i in 1..10 {
             let referee = person(640.0, 600.0, 300.0, 20.0, 0.95);
-            let f = t.update(i, &[referee, fencer(400.0 + i as f32, 420.0), fencer(850.0 - i as f32, 420.0)], W, H);
+            let f = t.update(
+                i,
+                &[
+                    referee,
+                    fencer(400.0 + i as f32, 420.0),
+                    fencer(850.0 - i as f32, 420.0),
+                ],
+                W,
+                H,
+            );
             assert_eq!(hip_x(&f.left.expect("left")), 400.0 + i as f32);
             assert_eq!(hip_x(&f.right.expect("right")), 850.0 - i as f32);
         }
@@ -393,10 +550,17 @@ mod tests {
         for i in 0..40u64 {
             let lx = 400.0 + 20.0 * i as f32;
             let rx = 1000.0 - 20.0 * i as f32;
-            let persons = if i == 15 { vec![fencer((lx + rx) / 2.0, 420.0)] } else { vec![fencer(rx, 425.0), fencer(lx, 415.0)] };
+            let persons = if i == 15 {
+                vec![fencer((lx + rx) / 2.0, 420.0)]
+            } else {
+                vec![fencer(rx, 425.0), fencer(lx, 415.0)]
+            };
             let f = t.update(i, &persons, W, H);
             if i == 15 {
-                assert!(f.left.is_some() != f.right.is_some(), "merged detection goes to one fencer");
+                assert!(
+                    f.left.is_some() != f.right.is_some(),
+                    "merged detection goes to one fencer"
+                );
                 continue;
             }
             assert_eq!(hip_x(&f.left.expect("left")), lx, "frame {i}");
@@ -411,12 +575,27 @@ mod tests {
         // Both close in and stand overlapping for several frames with 1-frame x-order flips
         // from detection noise, then separate back to their own sides.
         let mut t = TwoFencerTracker::new(TrackerConfig::default());
-        let mut script: Vec<(f32, f32)> = (0..10).map(|i| (500.0 + 12.0 * i as f32, 780.0 - 12.0 * i as f32)).collect();
-        script.extend([(630.0, 650.0), (645.0, 640.0), (632.0, 648.0), (646.0, 641.0), (634.0, 652.0)]);
+        let mut script: Vec<(f32, f32)> = (0..10)
+            .map(|i| (500.0 + 12.0 * i as f32, 780.0 - 12.0 * i as f32))
+            .collect();
+        script.extend([
+            (630.0, 650.0),
+            (645.0, 640.0),
+            (632.0, 648.0),
+            (646.0, 641.0),
+            (634.0, 652.0),
+        ]);
         script.extend((0..10).map(|i| (630.0 - 15.0 * i as f32, 650.0 + 15.0 * i as f32)));
         for (i, &(lx, rx)) in script.iter().enumerate() {
-            let f = t.update(i as u64, &[fencer(rx, 420.0), fencer(lx, 420.0)], W, H);
-            let (gl, gr) = (hip_x(&f.left.expect("left")), hip_x(&f.right.expect("right")));
+            let persons = [
+                facing(fencer(rx, 420.0), -1.0),
+                facing(fencer(lx, 420.0), 1.0),
+            ];
+            let f = t.update(i as u64, &persons, W, H);
+            let (gl, gr) = (
+                hip_x(&f.left.expect("left")),
+                hip_x(&f.right.expect("right")),
+            );
             if !(10..15).contains(&i) {
                 assert_eq!((gl, gr), (lx, rx), "frame {i}");
             }
@@ -431,7 +610,11 @@ mod tests {
         for i in 0..30u64 {
             let lx = 300.0 + 5.0 * i as f32;
             let rx = 900.0;
-            let persons = if (10..15).contains(&i) { vec![fencer(rx, 420.0)] } else { vec![fencer(lx, 420.0), fencer(rx, 420.0)] };
+            let persons = if (10..15).contains(&i) {
+                vec![fencer(rx, 420.0)]
+            } else {
+                vec![fencer(lx, 420.0), fencer(rx, 420.0)]
+            };
             let f = t.update(i, &persons, W, H);
             if (10..15).contains(&i) {
                 assert!(f.left.is_none(), "frame {i}: left unseen");
@@ -449,10 +632,32 @@ mod tests {
         for i in 1..20u64 {
             // A coach walking near the far end of the piste, fully in the band.
             let extra = fencer(1200.0 - 10.0 * i as f32, 400.0);
-            let f = t.update(i, &[extra, fencer(400.0, 420.0), fencer(850.0, 420.0)], W, H);
+            let f = t.update(
+                i,
+                &[extra, fencer(400.0, 420.0), fencer(850.0, 420.0)],
+                W,
+                H,
+            );
             assert_eq!(hip_x(&f.left.expect("left")), 400.0);
             assert_eq!(hip_x(&f.right.expect("right")), 850.0, "frame {i}");
         }
+    }
+
+    #[test]
+    fn duplicate_detection_is_not_given_to_the_missing_fencer() {
+        // Old-pipeline failure seen in the real data: the left fencer is missed while NMS
+        // leaves two boxes on the right fencer; the duplicate must not become "left".
+        let mut t = TwoFencerTracker::new(TrackerConfig::default());
+        for i in 0..5u64 {
+            t.update(i, &[fencer(500.0, 420.0), fencer(640.0, 420.0)], W, H);
+        }
+        let mut dup = fencer(644.0, 423.0);
+        dup.score = 0.8;
+        let f = t.update(5, &[fencer(640.0, 420.0), dup], W, H);
+        assert!(f.left.is_none(), "duplicate taken as the left fencer");
+        assert_eq!(hip_x(&f.right.expect("right")), 640.0);
+        let f = t.update(6, &[fencer(500.0, 420.0), fencer(640.0, 420.0)], W, H);
+        assert_eq!(hip_x(&f.left.expect("left back")), 500.0);
     }
 
     #[test]
@@ -465,7 +670,12 @@ mod tests {
         };
         for i in 0..60u64 {
             let (lx, rx) = (500.0 + noise(), 700.0 + noise());
-            let f = t.update(i, &[fencer(rx, 420.0 + noise()), fencer(lx, 420.0 + noise())], W, H);
+            let f = t.update(
+                i,
+                &[fencer(rx, 420.0 + noise()), fencer(lx, 420.0 + noise())],
+                W,
+                H,
+            );
             assert_eq!(hip_x(&f.left.expect("left")), lx, "frame {i}");
             assert_eq!(hip_x(&f.right.expect("right")), rx, "frame {i}");
         }
