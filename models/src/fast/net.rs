@@ -157,9 +157,11 @@ impl Bottleneck {
     }
 
     fn forward(&self, ar: &mut Arena, x: View, out: View) -> Result<(), ModelError> {
-        let t = ar.alloc(x.h, x.w, self.cv1.co);
-        ar.conv(&self.cv1, x, t, None)?;
-        ar.conv(&self.cv2, t, out, self.add.then_some(x))
+        ar.scoped(|ar| {
+            let t = ar.alloc(x.h, x.w, self.cv1.co);
+            ar.conv(&self.cv1, x, t, None)?;
+            ar.conv(&self.cv2, t, out, self.add.then_some(x))
+        })
     }
 }
 
@@ -187,17 +189,19 @@ struct C3k {
 
 impl C3k {
     fn forward(&self, ar: &mut Arena, x: View, out: View) -> Result<(), ModelError> {
-        let (c1, c2) = (self.cv1.co, self.cv2.co);
-        let cat = ar.alloc(x.h, x.w, c1 + c2);
-        if self.m.is_empty() {
-            ar.conv(&self.cv1, x, cat.ch(0, c1), None)?;
-        } else {
-            let a = ar.alloc(x.h, x.w, c1);
-            ar.conv(&self.cv1, x, a, None)?;
-            chain(ar, &self.m, a, cat.ch(0, c1))?;
-        }
-        ar.conv(&self.cv2, x, cat.ch(c1, c2), None)?;
-        ar.conv(&self.cv3, cat, out, None)
+        ar.scoped(|ar| {
+            let (c1, c2) = (self.cv1.co, self.cv2.co);
+            let cat = ar.alloc(x.h, x.w, c1 + c2);
+            if self.m.is_empty() {
+                ar.conv(&self.cv1, x, cat.ch(0, c1), None)?;
+            } else {
+                let a = ar.alloc(x.h, x.w, c1);
+                ar.conv(&self.cv1, x, a, None)?;
+                chain(ar, &self.m, a, cat.ch(0, c1))?;
+            }
+            ar.conv(&self.cv2, x, cat.ch(c1, c2), None)?;
+            ar.conv(&self.cv3, cat, out, None)
+        })
     }
 }
 
@@ -250,18 +254,20 @@ impl C3k2 {
     }
 
     fn forward(&self, ar: &mut Arena, x: View, out: View) -> Result<(), ModelError> {
-        let c = self.cv1.co / 2;
-        let cat = ar.alloc(x.h, x.w, c * (2 + self.m.len()));
-        ar.conv(&self.cv1, x, cat.ch(0, 2 * c), None)?;
-        for (j, inner) in self.m.iter().enumerate() {
-            let src = cat.ch((1 + j) * c, c);
-            let dst = cat.ch((2 + j) * c, c);
-            match inner {
-                Inner::Bottleneck(b) => b.forward(ar, src, dst)?,
-                Inner::C3k(b) => b.forward(ar, src, dst)?,
+        ar.scoped(|ar| {
+            let c = self.cv1.co / 2;
+            let cat = ar.alloc(x.h, x.w, c * (2 + self.m.len()));
+            ar.conv(&self.cv1, x, cat.ch(0, 2 * c), None)?;
+            for (j, inner) in self.m.iter().enumerate() {
+                let src = cat.ch((1 + j) * c, c);
+                let dst = cat.ch((2 + j) * c, c);
+                match inner {
+                    Inner::Bottleneck(b) => b.forward(ar, src, dst)?,
+                    Inner::C3k(b) => b.forward(ar, src, dst)?,
+                }
             }
-        }
-        ar.conv(&self.cv2, cat, out, None)
+            ar.conv(&self.cv2, cat, out, None)
+        })
     }
 }
 
@@ -272,13 +278,15 @@ struct Sppf {
 
 impl Sppf {
     fn forward(&self, ar: &mut Arena, x: View, out: View) -> Result<(), ModelError> {
-        let c = self.cv1.co;
-        let cat = ar.alloc(x.h, x.w, 4 * c);
-        ar.conv(&self.cv1, x, cat.ch(0, c), None)?;
-        for i in 0..3 {
-            ar.maxpool5(cat.ch(i * c, c), cat.ch((i + 1) * c, c))?;
-        }
-        ar.conv(&self.cv2, cat, out, None)
+        ar.scoped(|ar| {
+            let c = self.cv1.co;
+            let cat = ar.alloc(x.h, x.w, 4 * c);
+            ar.conv(&self.cv1, x, cat.ch(0, c), None)?;
+            for i in 0..3 {
+                ar.maxpool5(cat.ch(i * c, c), cat.ch((i + 1) * c, c))?;
+            }
+            ar.conv(&self.cv2, cat, out, None)
+        })
     }
 }
 
@@ -346,17 +354,19 @@ impl C2psa {
         x: View,
         out: View,
     ) -> Result<(), ModelError> {
-        let c = self.cv1.co / 2;
-        let cat = ar.alloc(x.h, x.w, 2 * c);
-        ar.conv(&self.cv1, x, cat, None)?;
-        let b = cat.ch(c, c);
-        for blk in &self.m {
-            attention(ar, bufs, blk, b)?;
-            let t = ar.alloc(x.h, x.w, blk.ffn0.co);
-            ar.conv(&blk.ffn0, b, t, None)?;
-            ar.conv(&blk.ffn1, t, b, Some(b))?;
-        }
-        ar.conv(&self.cv2, cat, out, None)
+        ar.scoped(|ar| {
+            let c = self.cv1.co / 2;
+            let cat = ar.alloc(x.h, x.w, 2 * c);
+            ar.conv(&self.cv1, x, cat, None)?;
+            let b = cat.ch(c, c);
+            for blk in &self.m {
+                attention(ar, bufs, blk, b)?;
+                let t = ar.alloc(x.h, x.w, blk.ffn0.co);
+                ar.conv(&blk.ffn0, b, t, None)?;
+                ar.conv(&blk.ffn1, t, b, Some(b))?;
+            }
+            ar.conv(&self.cv2, cat, out, None)
+        })
     }
 }
 
@@ -369,32 +379,34 @@ pub struct AttnBufs {
 
 /// `b += proj(attn(b) + pe(v))`, in place.
 fn attention(ar: &mut Arena, bufs: &mut AttnBufs, a: &Psa, b: View) -> Result<(), ModelError> {
-    let (h, w, n) = (b.h, b.w, b.pixels());
-    let per = 2 * a.key_dim + a.head_dim;
-    let qkv = ar.alloc(h, w, a.qkv.co);
-    ar.conv(&a.qkv, b, qkv, None)?;
-    let x = ar.alloc(h, w, a.heads * a.head_dim);
-    // pe(v) first; each head's P.V is then accumulated on top through the residual.
-    for hd in 0..a.heads {
-        let v = qkv.ch(hd * per + 2 * a.key_dim, a.head_dim);
-        ar.dw(&a.pe, hd * a.head_dim, v, x.ch(hd * a.head_dim, a.head_dim))?;
-    }
-    let s = ar.alloc(n, 1, n);
-    let scale = (a.key_dim as f32).powf(-0.5);
-    for hd in 0..a.heads {
-        let q = qkv.ch(hd * per, a.key_dim);
-        let k = qkv.ch(hd * per + a.key_dim, a.key_dim);
-        let v = qkv.ch(hd * per + 2 * a.key_dim, a.head_dim);
-        ar.pack(k, true, scale, &mut bufs.k)?;
-        let q = View { h: n, w: 1, ..q };
-        ar.matmul(q, &bufs.k, s, None)?;
-        ar.softmax(s)?;
-        ar.pack(v, false, 1.0, &mut bufs.v)?;
-        let xo = x.ch(hd * a.head_dim, a.head_dim);
-        let xo = View { h: n, w: 1, ..xo };
-        ar.matmul(s, &bufs.v, xo, Some(xo))?;
-    }
-    ar.conv(&a.proj, x, b, Some(b))
+    ar.scoped(|ar| {
+        let (h, w, n) = (b.h, b.w, b.pixels());
+        let per = 2 * a.key_dim + a.head_dim;
+        let qkv = ar.alloc(h, w, a.qkv.co);
+        ar.conv(&a.qkv, b, qkv, None)?;
+        let x = ar.alloc(h, w, a.heads * a.head_dim);
+        // pe(v) first; each head's P.V is then accumulated on top through the residual.
+        for hd in 0..a.heads {
+            let v = qkv.ch(hd * per + 2 * a.key_dim, a.head_dim);
+            ar.dw(&a.pe, hd * a.head_dim, v, x.ch(hd * a.head_dim, a.head_dim))?;
+        }
+        let s = ar.alloc(n, 1, n);
+        let scale = (a.key_dim as f32).powf(-0.5);
+        for hd in 0..a.heads {
+            let q = qkv.ch(hd * per, a.key_dim);
+            let k = qkv.ch(hd * per + a.key_dim, a.key_dim);
+            let v = qkv.ch(hd * per + 2 * a.key_dim, a.head_dim);
+            ar.pack(k, true, scale, &mut bufs.k)?;
+            let q = View { h: n, w: 1, ..q };
+            ar.matmul(q, &bufs.k, s, None)?;
+            ar.softmax(s)?;
+            ar.pack(v, false, 1.0, &mut bufs.v)?;
+            let xo = x.ch(hd * a.head_dim, a.head_dim);
+            let xo = View { h: n, w: 1, ..xo };
+            ar.matmul(s, &bufs.v, xo, Some(xo))?;
+        }
+        ar.conv(&a.proj, x, b, Some(b))
+    })
 }
 
 /// One level of the pose head.
@@ -443,40 +455,42 @@ impl HeadLevel {
 
     /// Writes `[box 64 | kpt 51 | cls 1]` per pixel of `f` into `out`.
     fn forward(&self, ar: &mut Arena, f: View, out: View) -> Result<(), ModelError> {
-        let (h, w) = (f.h, f.w);
-        let (cb, ck) = (self.box1.ci, self.kpt1.ci);
-        let t1 = ar.alloc(h, w, cb + ck);
-        ar.conv(&self.first, f, t1, None)?;
-        let t2 = ar.alloc(h, w, self.box1.co + self.kpt1.co);
-        ar.conv(&self.box1, t1.ch(0, cb), t2.ch(0, self.box1.co), None)?;
-        ar.conv(
-            &self.kpt1,
-            t1.ch(cb, ck),
-            t2.ch(self.box1.co, self.kpt1.co),
-            None,
-        )?;
-        ar.conv(
-            &self.box2,
-            t2.ch(0, self.box1.co),
-            out.ch(0, 4 * REG_MAX),
-            None,
-        )?;
-        let kin = t2.ch(self.box1.co, self.kpt1.co);
-        ar.conv(
-            &self.kpt2,
-            kin,
-            out.ch(4 * REG_MAX, 3 * NUM_KEYPOINTS),
-            None,
-        )?;
-        let c0 = ar.alloc(h, w, self.cls_dw0.c);
-        ar.dw(&self.cls_dw0, 0, f, c0)?;
-        let c1 = ar.alloc(h, w, self.cls_pw0.co);
-        ar.conv(&self.cls_pw0, c0, c1, None)?;
-        let c2 = ar.alloc(h, w, self.cls_dw1.c);
-        ar.dw(&self.cls_dw1, 0, c1, c2)?;
-        let c3 = ar.alloc(h, w, self.cls_pw1.co);
-        ar.conv(&self.cls_pw1, c2, c3, None)?;
-        ar.conv(&self.cls_out, c3, out.ch(HEAD_C - 1, 1), None)
+        ar.scoped(|ar| {
+            let (h, w) = (f.h, f.w);
+            let (cb, ck) = (self.box1.ci, self.kpt1.ci);
+            let t1 = ar.alloc(h, w, cb + ck);
+            ar.conv(&self.first, f, t1, None)?;
+            let t2 = ar.alloc(h, w, self.box1.co + self.kpt1.co);
+            ar.conv(&self.box1, t1.ch(0, cb), t2.ch(0, self.box1.co), None)?;
+            ar.conv(
+                &self.kpt1,
+                t1.ch(cb, ck),
+                t2.ch(self.box1.co, self.kpt1.co),
+                None,
+            )?;
+            ar.conv(
+                &self.box2,
+                t2.ch(0, self.box1.co),
+                out.ch(0, 4 * REG_MAX),
+                None,
+            )?;
+            let kin = t2.ch(self.box1.co, self.kpt1.co);
+            ar.conv(
+                &self.kpt2,
+                kin,
+                out.ch(4 * REG_MAX, 3 * NUM_KEYPOINTS),
+                None,
+            )?;
+            let c0 = ar.alloc(h, w, self.cls_dw0.c);
+            ar.dw(&self.cls_dw0, 0, f, c0)?;
+            let c1 = ar.alloc(h, w, self.cls_pw0.co);
+            ar.conv(&self.cls_pw0, c0, c1, None)?;
+            let c2 = ar.alloc(h, w, self.cls_dw1.c);
+            ar.dw(&self.cls_dw1, 0, c1, c2)?;
+            let c3 = ar.alloc(h, w, self.cls_pw1.co);
+            ar.conv(&self.cls_pw1, c2, c3, None)?;
+            ar.conv(&self.cls_out, c3, out.ch(HEAD_C - 1, 1), None)
+        })
     }
 }
 

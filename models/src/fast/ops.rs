@@ -174,6 +174,16 @@ impl Arena {
         v
     }
 
+    /// Runs `f`, then frees everything it allocated (stack discipline: a block's temporaries
+    /// are reused by the next block, which keeps the working set in cache). Views allocated
+    /// inside must not be used after it returns.
+    pub fn scoped<R>(&mut self, f: impl FnOnce(&mut Self) -> R) -> R {
+        let mark = self.top;
+        let r = f(self);
+        self.top = mark;
+        r
+    }
+
     /// Floats reserved by the arena.
     pub fn capacity(&self) -> usize {
         self.data.len()

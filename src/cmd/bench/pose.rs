@@ -1,14 +1,24 @@
-//! `referee bench pose`: milliseconds per frame of pose inference on real frames.
+//! `referee bench pose`: milliseconds per frame of pose inference on real frames, the fast
+//! path (`FastYoloPose`) and the reference path (`YoloPose`) on the same frames in one run.
 //!
 //! Frames come from the sample clip (`../shared/data/3809.MP4`, or `--video`) when it can be
-//! decoded, else from a deterministic synthetic image. Only the reference (plain candle) path
-//! exists for now: it prints `{"size": "640x384", "reference_ms": ...}` per size.
+//! decoded, else from a deterministic synthetic image; `--band Y0-Y1` crops them to the piste
+//! band before letterboxing. Per size it prints
+//! `{"size": "640x384", "fast_ms": .., "reference_ms": .., "speedup": .., "gflops": ..}`:
+//! medians over the frames after one warm-up frame per path (mins too), estimate = network +
+//! decode + NMS on a prepared frame; `gflops` = FLOPs of the network at that size (counted from
+//! the layer shapes, multiply-add = 2) / fast median time. `--profile` adds the fast path's
+//! mean time per stage (backbone / neck / head) and per op kind. The machine's load average is
+//! printed with the figures: the engine shares its cores.
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
-use referee_models::{letterbox_rgb, PoseEstimator, PoseOptions, PreparedFrame, YoloPose};
+use referee_models::fast::{Profile, KIND_NAMES, STAGE_NAMES};
+use referee_models::{
+    letterbox_rgb, FastYoloPose, PoseEstimator, PoseOptions, PreparedFrame, YoloPose,
+};
 
 use crate::cmd::pose::{frame_rgb, parse_size};
 
@@ -30,6 +40,83 @@ pub struct Args {
     /// Video to take frames from (default: the shared sample clip when present).
     #[arg(long)]
     video: Option<PathBuf>,
+    /// Crop frames to rows Y0-Y1 (the piste band, source pixels) before letterboxing.
+    #[arg(long, value_parser = parse_band)]
+    band: Option<(usize, usize)>,
+    /// Time only the fast path.
+    #[arg(long)]
+    fast_only: bool,
+    /// Print the fast path's time per stage and per op kind.
+    #[arg(long)]
+    profile: bool,
+}
+
+fn parse_band(s: &str) -> Result<(usize, usize), String> {
+    let (a, b) = s
+        .split_once('-')
+        .ok_or_else(|| format!("band `{s}` must look like 300-780"))?;
+    let a: usize = a.trim().parse().map_err(|e| format!("band `{s}`: {e}"))?;
+    let b: usize = b.trim().parse().map_err(|e| format!("band `{s}`: {e}"))?;
+    if b <= a {
+        return Err(format!("band `{s}`: Y1 must be greater than Y0"));
+    }
+    Ok((a, b))
+}
+
+/// Crops rows `y0..y1` (clamped to the frame) of packed RGB.
+fn crop_band(
+    fw: usize,
+    fh: usize,
+    rgb: &[u8],
+    band: Option<(usize, usize)>,
+) -> (usize, Vec<u8>, usize) {
+    match band {
+        Some((y0, y1)) => {
+            let (y0, y1) = (y0.min(fh), y1.min(fh));
+            let end = (y1 * fw * 3).min(rgb.len());
+            let start = (y0 * fw * 3).min(end);
+            (y1 - y0, rgb[start..end].to_vec(), y0)
+        }
+        None => (fh, rgb.to_vec(), 0),
+    }
+}
+
+/// Per-frame seconds of `est` over `frames` after one warm-up frame, and persons found; `each`
+/// sees the estimator after every timed frame.
+fn time_path<E: PoseEstimator>(
+    est: &mut E,
+    frames: &[PreparedFrame],
+    mut each: impl FnMut(&E),
+) -> anyhow::Result<(Vec<f64>, usize)> {
+    est.estimate(std::slice::from_ref(&frames[0]))
+        .context("warm-up")?;
+    let mut times = Vec::with_capacity(frames.len());
+    let mut persons = 0;
+    for f in frames {
+        let t0 = Instant::now();
+        let out = est.estimate(std::slice::from_ref(f))?;
+        times.push(t0.elapsed().as_secs_f64());
+        persons += out.iter().map(Vec::len).sum::<usize>();
+        each(est);
+    }
+    Ok((times, persons))
+}
+
+/// (median, min) in milliseconds.
+fn median_min(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let med = v.get(v.len() / 2).copied().unwrap_or(0.0);
+    (med * 1e3, v.first().copied().unwrap_or(0.0) * 1e3)
+}
+
+fn load_avg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
+fn r2(v: f64) -> f64 {
+    (v * 100.0).round() / 100.0
 }
 
 /// The shared sample clip: `$REFEREE_SHARED_DIR/data/3809.MP4`, else `../shared/data/3809.MP4`
@@ -110,10 +197,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.size.clone()
     };
     let frames_wanted = args.frames.max(1);
+    if let Some((w, h)) = args
+        .size
+        .iter()
+        .find(|(w, h)| w % 32 != 0 || h % 32 != 0 || *w == 0 || *h == 0)
+    {
+        anyhow::bail!("--size {w}x{h}: width and height must be positive multiples of 32");
+    }
     let clip = args.video.clone().or_else(default_clip);
     let (source, raw_frames) = match clip
         .as_deref()
-        .and_then(|p| clip_frames(p, frames_wanted + 1).map(|f| (p, f)))
+        .and_then(|p| clip_frames(p, frames_wanted).map(|f| (p, f)))
     {
         Some((p, f)) => (p.display().to_string(), f),
         None => ("synthetic".to_string(), vec![synthetic_frame()]),
@@ -124,43 +218,117 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             input_height: h,
             ..PoseOptions::default()
         };
-        let mut model = YoloPose::load(&weights, opts)?;
         let prepared: Vec<PreparedFrame> = raw_frames
             .iter()
-            .map(|(fw, fh, rgb)| letterbox_rgb(rgb, *fw, *fh, w, h))
+            .cycle()
+            .map(|(fw, fh, rgb)| {
+                let (ch, crop, y0) = crop_band(*fw, *fh, rgb, args.band);
+                let mut f = letterbox_rgb(&crop, *fw, ch, w, h);
+                f.letterbox.offset_y = y0 as f32;
+                f
+            })
+            .take(frames_wanted)
             .collect();
-        // warm-up
-        model
-            .estimate(std::slice::from_ref(&prepared[0]))
-            .context("warm-up")?;
-        let mut total = 0.0f64;
-        let mut persons = 0usize;
-        for i in 0..frames_wanted {
-            let f = &prepared[(i + 1) % prepared.len()];
-            let t0 = Instant::now();
-            let out = model.estimate(std::slice::from_ref(f))?;
-            total += t0.elapsed().as_secs_f64();
-            persons += out.iter().map(Vec::len).sum::<usize>();
-        }
-        let ms = total * 1000.0 / frames_wanted as f64;
-        let mean_persons = persons as f64 / frames_wanted as f64;
+        let load_before = load_avg();
+        let mut fast = FastYoloPose::load(&weights, opts)
+            .with_context(|| format!("loading {}", weights.display()))?;
+        let mut prof = Profile::default();
+        let (fast_t, fast_persons) = time_path(&mut fast, &prepared, |m| {
+            let p = m.last_profile();
+            for i in 0..KIND_NAMES.len() {
+                prof.kind_s[i] += p.kind_s[i];
+                prof.kind_flops[i] = p.kind_flops[i];
+            }
+            for i in 0..STAGE_NAMES.len() {
+                prof.stage_s[i] += p.stage_s[i];
+            }
+        })?;
+        let n = prepared.len() as f64;
+        let (fast_ms, fast_min) = median_min(fast_t);
+        let flops = prof.flops();
+        let gflops = flops / (fast_ms * 1e-3) / 1e9;
+        let reference = if args.fast_only {
+            None
+        } else {
+            let mut model = YoloPose::load(&weights, opts)?;
+            let (t, p) = time_path(&mut model, &prepared, |_| {})?;
+            let (ms, min) = median_min(t);
+            Some((ms, min, p, model.net().describe()))
+        };
+        let speedup = reference.as_ref().map(|r| r.0 / fast_ms);
+        let load = format!("{load_before} -> {}", load_avg());
+        let band = args.band.map(|(a, b)| format!("{a}-{b}"));
         if args.json {
-            println!(
-                "{}",
-                serde_json::json!({
-                    "size": format!("{w}x{h}"),
-                    "reference_ms": (ms * 100.0).round() / 100.0,
-                    "frames": frames_wanted,
-                    "source": source,
-                    "persons_per_frame": (mean_persons * 100.0).round() / 100.0,
-                    "model": model.net().describe(),
-                })
-            );
+            let mut j = serde_json::json!({
+                "size": format!("{w}x{h}"),
+                "band": band,
+                "fast_ms": r2(fast_ms),
+                "fast_min_ms": r2(fast_min),
+                "reference_ms": reference.as_ref().map(|r| r2(r.0)),
+                "reference_min_ms": reference.as_ref().map(|r| r2(r.1)),
+                "speedup": speedup.map(r2),
+                "gflops": r2(gflops),
+                "network_gflop": (flops / 1e6).round() / 1e3,
+                "frames": prepared.len(),
+                "source": source,
+                "fast_persons_per_frame": r2(fast_persons as f64 / n),
+                "reference_persons_per_frame": reference.as_ref().map(|r| r2(r.2 as f64 / n)),
+                "loadavg": load,
+            });
+            if args.profile {
+                let stages: serde_json::Map<String, serde_json::Value> = STAGE_NAMES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.to_string(), r2(prof.stage_s[i] / n * 1e3).into()))
+                    .collect();
+                let kinds: serde_json::Map<String, serde_json::Value> = KIND_NAMES
+                    .iter()
+                    .enumerate()
+                    .map(|(i, k)| {
+                        let ms = prof.kind_s[i] / n * 1e3;
+                        (
+                            k.to_string(),
+                            serde_json::json!({
+                                "ms": r2(ms),
+                                "gflop": (prof.kind_flops[i] / 1e6).round() / 1e3,
+                            }),
+                        )
+                    })
+                    .collect();
+                j["profile_ms"] = serde_json::json!({ "stage": stages, "kind": kinds });
+            }
+            println!("{j}");
         } else {
             println!(
-                "pose {w}x{h}: reference {ms:.1} ms/frame over {frames_wanted} frames of {source} ({mean_persons:.2} persons/frame, {})",
-                model.net().describe()
+                "pose {w}x{h}{} over {} frames of {source} (load {load}):",
+                band.map(|b| format!(" band {b}")).unwrap_or_default(),
+                prepared.len()
             );
+            println!(
+                "  fast      {fast_ms:7.1} ms median, {fast_min:7.1} min  {gflops:5.1} GFLOP/s ({:.2} GFLOP/frame), {:.2} persons/frame",
+                flops / 1e9,
+                fast_persons as f64 / n
+            );
+            if let Some((ms, min, p, desc)) = &reference {
+                println!(
+                    "  reference {ms:7.1} ms median, {min:7.1} min  ({:.2} persons/frame, {desc})",
+                    *p as f64 / n
+                );
+                println!("  speedup   {:.1}x", speedup.unwrap_or(0.0));
+            }
+            if args.profile {
+                println!("  fast path, mean ms per frame:");
+                for (i, s) in STAGE_NAMES.iter().enumerate() {
+                    println!("    {s:<10} {:7.2}", prof.stage_s[i] / n * 1e3);
+                }
+                for (i, k) in KIND_NAMES.iter().enumerate() {
+                    let ms = prof.kind_s[i] / n * 1e3;
+                    println!(
+                        "    {k:<10} {ms:7.2}  ({:.3} GFLOP)",
+                        prof.kind_flops[i] / 1e9
+                    );
+                }
+            }
         }
     }
     Ok(())
