@@ -162,10 +162,18 @@ pub async fn read_msg<T: DeserializeOwned>(
     let Some(len) = read_prefix(recv, "message length prefix").await? else {
         return Ok(None);
     };
-    check_len("message", len, max_len)?;
-    let mut body = vec![0u8; len];
-    read_exact(recv, &mut body, "message").await?;
-    decode_body("message", &body).map(Some)
+    let result = async {
+        check_len("message", len, max_len)?;
+        let mut body = vec![0u8; len];
+        read_exact(recv, &mut body, "message").await?;
+        decode_body("message", &body)
+    }
+    .await;
+    if let Err(e) = &result {
+        metrics::counter!("referee_transport_message_errors_total", "reason" => e.kind())
+            .increment(1);
+    }
+    result.map(Some)
 }
 
 /// Sends one frame on its own unidirectional stream: header, image bytes, finish.
@@ -202,9 +210,17 @@ pub async fn read_frame(
     limits: &FrameLimits,
 ) -> Result<(FrameHeader, Vec<u8>), TransportError> {
     let result = read_frame_inner(&mut recv, limits).await;
-    if result.is_err() {
-        // The stream may already be gone; nothing more to report then.
-        let _ = recv.stop(STOP_FRAME_REJECTED);
+    match &result {
+        Ok((_, bytes)) => {
+            metrics::counter!("referee_transport_frames_received_total").increment(1);
+            metrics::counter!("referee_transport_frame_bytes_total").increment(bytes.len() as u64);
+        }
+        Err(e) => {
+            metrics::counter!("referee_transport_frame_errors_total", "reason" => e.kind())
+                .increment(1);
+            // The stream may already be gone; nothing more to report then.
+            let _ = recv.stop(STOP_FRAME_REJECTED);
+        }
     }
     result
 }

@@ -193,18 +193,30 @@ pub async fn accept(
     incoming: quinn::Incoming,
     timeout: Duration,
 ) -> Result<quinn::Connection, TransportError> {
-    let connecting = incoming.accept()?;
-    let conn = match tokio::time::timeout(timeout, connecting).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(TransportError::Timeout {
-                what: "accepting a connection (QUIC/TLS handshake)",
-                after: timeout,
-            })
+    let result = async {
+        let connecting = incoming.accept()?;
+        let conn = match tokio::time::timeout(timeout, connecting).await {
+            Ok(r) => r?,
+            Err(_) => {
+                return Err(TransportError::Timeout {
+                    what: "accepting a connection (QUIC/TLS handshake)",
+                    after: timeout,
+                })
+            }
+        };
+        check_alpn(&conn)?;
+        Ok(conn)
+    }
+    .await;
+    match &result {
+        Ok(_) => metrics::counter!("referee_transport_connections_accepted_total").increment(1),
+        Err(e) => {
+            tracing::debug!(error = %e, "incoming connection failed");
+            metrics::counter!("referee_transport_handshake_failures_total", "reason" => e.kind())
+                .increment(1)
         }
-    };
-    check_alpn(&conn)?;
-    Ok(conn)
+    }
+    result
 }
 
 /// Errors unless the connection negotiated ALPN `referee/1` (closing it with a reason if not).

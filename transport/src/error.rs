@@ -65,6 +65,23 @@ impl TransportError {
         ) || matches!(self, TransportError::Io { .. })
     }
 
+    /// Short stable name of the error kind, used as a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransportError::Truncated { .. } => "truncated",
+            TransportError::TooLarge { .. } => "too_large",
+            TransportError::Malformed { .. } => "malformed",
+            TransportError::UnsupportedVersion(_) => "unsupported_version",
+            TransportError::Unauthorized(_) => "unauthorized",
+            TransportError::Tls(_) => "tls",
+            TransportError::Identity(_) => "identity",
+            TransportError::Timeout { .. } => "timeout",
+            TransportError::Io { .. } => "io",
+            TransportError::Closed(_) => "closed",
+            TransportError::Config(_) => "config",
+        }
+    }
+
     pub(crate) fn io(what: impl Into<String>, source: std::io::Error) -> Self {
         TransportError::Io {
             what: what.into(),
