@@ -107,7 +107,11 @@ async fn bench(args: &Args) -> anyhow::Result<Report> {
         let mut bytes = 0u64;
         while let Some(r) = tasks.join_next().await {
             let (h, b) = r??;
-            anyhow::ensure!(h.len as usize == b.len(), "frame {} length mismatch", h.frame);
+            anyhow::ensure!(
+                h.len as usize == b.len(),
+                "frame {} length mismatch",
+                h.frame
+            );
             bytes += b.len() as u64;
         }
         let done = Instant::now();
