@@ -159,6 +159,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn frame_json_layout() {
+        let mut kp = [[0.0f32; 3]; 17];
+        kp[11] = [100.123, 200.456, 0.98768];
+        let p = Person {
+            score: 0.876543,
+            bbox: [1.004, 2.0, 30.5, 40.25],
+            keypoints: kp,
+        };
+        let v = frame_json(7, &[p]);
+        assert_eq!(v["frame"], 7);
+        let person = &v["persons"][0];
+        assert_eq!(person["score"], 0.8765);
+        assert_eq!(person["box"], serde_json::json!([1.0, 2.0, 30.5, 40.25]));
+        assert_eq!(person["keypoints"].as_array().map(Vec::len), Some(17));
+        assert_eq!(
+            person["keypoints"][11],
+            serde_json::json!([100.12, 200.46, 0.9877])
+        );
+        assert_eq!(frame_json(0, &[])["persons"], serde_json::json!([]));
+    }
+
+    #[test]
     fn size_parsing() {
         assert_eq!(parse_size("640x384"), Ok((640, 384)));
         assert_eq!(parse_size("1280X736"), Ok((1280, 736)));
