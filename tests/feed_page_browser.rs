@@ -40,11 +40,36 @@ async fn webdriver(addr: SocketAddr, method: &str, path: &str, body: Option<Valu
         body.len()
     );
     s.write_all(req.as_bytes()).await.expect("write");
+    // chromedriver keeps the connection open: read the head, then exactly Content-Length bytes.
     let mut buf = Vec::new();
-    s.read_to_end(&mut buf).await.expect("read");
-    let text = String::from_utf8_lossy(&buf);
-    let payload = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or("");
-    serde_json::from_str(payload).unwrap_or_else(|e| panic!("bad webdriver answer {e}: {text}"))
+    let head_end = loop {
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).await.expect("read");
+        assert!(n > 0, "chromedriver closed the connection early");
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no content-length in {head}"));
+    while buf.len() < head_end + len {
+        let mut chunk = [0u8; 65536];
+        let n = s.read(&mut chunk).await.expect("read body");
+        assert!(n > 0, "chromedriver closed the connection mid-body");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    let body = &buf[head_end..head_end + len];
+    serde_json::from_slice(body).unwrap_or_else(|e| {
+        panic!(
+            "bad webdriver answer {e}: {}",
+            String::from_utf8_lossy(body)
+        )
+    })
 }
 
 fn free_port() -> u16 {
