@@ -1102,3 +1102,83 @@ fn handle_msg(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ack(next: u64, ranges: &[(u64, u64)]) -> Ack {
+        Ack {
+            next_expected: next,
+            received_ranges: ranges.to_vec(),
+        }
+    }
+
+    #[test]
+    fn ack_coverage_and_count() {
+        let a = ack(5, &[(7, 9), (12, 13)]);
+        let covered: Vec<u64> = (0..15).filter(|&n| ack_covers(&a, n)).collect();
+        assert_eq!(covered, [0, 1, 2, 3, 4, 7, 8, 12]);
+        assert_eq!(ack_count(&a), 8);
+        // Ranges below next_expected or empty do not count twice.
+        assert_eq!(ack_count(&ack(5, &[(2, 4), (6, 6)])), 5);
+    }
+
+    fn frame(n: u64) -> OutFrame {
+        OutFrame {
+            frame: n,
+            capture_ts_us: 1000 + n,
+            encoding: FrameEncoding::Jpeg,
+            bytes: Arc::new(vec![0; 4]),
+        }
+    }
+
+    fn ring(capacity: usize, evict: bool) -> Ring {
+        Ring {
+            inner: Default::default(),
+            space: Default::default(),
+            arrived: Default::default(),
+            capacity,
+            evict_when_full: evict,
+        }
+    }
+
+    #[test]
+    fn ring_evicts_oldest_and_counts_unacked_evictions_as_lost() {
+        let r = ring(3, true);
+        let stop = AtomicBool::new(false);
+        for n in 0..5 {
+            assert!(r.push(frame(n), &stop));
+        }
+        // Frames 0 and 1 were evicted; only 2..5 remain.
+        assert_eq!(r.counts(&Ack::default()), (5, 3, 2));
+        // If the daemon did receive frame 0 after all, it is not lost.
+        assert_eq!(r.counts(&ack(1, &[])), (5, 3, 1));
+        assert_eq!(r.first_ts_us(), Some(1000));
+        assert_eq!(r.next_new(0).map(|f| f.frame), Some(2));
+        assert_eq!(r.unsent_before(4).len(), 2);
+        assert_eq!(r.apply_ack(&ack(4, &[])), 1);
+        assert!(!r.exhausted(5));
+        r.finish(None);
+        assert!(r.exhausted(5));
+        assert!(!r.exhausted(4));
+    }
+
+    #[test]
+    fn blocking_ring_waits_for_acks_and_gives_up_on_stop() {
+        let r = Arc::new(ring(2, false));
+        let stop = Arc::new(AtomicBool::new(false));
+        assert!(r.push(frame(0), &stop));
+        assert!(r.push(frame(1), &stop));
+        let (r2, stop2) = (r.clone(), stop.clone());
+        let t = std::thread::spawn(move || r2.push(frame(2), &stop2));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(!t.is_finished(), "a full blocking ring waits");
+        r.apply_ack(&ack(1, &[]));
+        assert!(t.join().unwrap(), "space freed by an ack lets the frame in");
+        let (r3, stop3) = (r.clone(), stop.clone());
+        let t = std::thread::spawn(move || r3.push(frame(3), &stop3));
+        stop.store(true, Ordering::Relaxed);
+        assert!(!t.join().unwrap(), "stop releases a waiting capture thread");
+    }
+}
