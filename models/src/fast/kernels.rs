@@ -159,6 +159,13 @@ unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for SendPtr<T> {}
 
+impl<T: Copy> SendPtr<T> {
+    /// The pointer (a method call makes closures capture the whole wrapper).
+    fn get(self) -> T {
+        self.0
+    }
+}
+
 thread_local! {
     static IM2COL_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -550,10 +557,10 @@ pub fn softmax_rows(x: &mut [f32], rows: usize, n: usize, ld: usize) {
     let avx = has_avx2();
     let p = SendPtr(x.as_mut_ptr());
     par_rows(rows, 1, 20.0 * (rows * n) as f64, |lo, hi| {
-        let p = p;
+        let base = p.get();
         for r in lo..hi {
             // SAFETY: row r (n values inside the checked slice) belongs to this chunk only.
-            let row = unsafe { std::slice::from_raw_parts_mut(p.0.add(r * ld), n) };
+            let row = unsafe { std::slice::from_raw_parts_mut(base.add(r * ld), n) };
             softmax_row(row, avx);
         }
     });
@@ -632,7 +639,7 @@ pub(crate) mod avx {
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.333_452e-3));
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.166_579_6e-2));
         p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.666_666_5e-1));
-        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.000_000_1e-1));
+        p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(0.5));
         let r2 = _mm256_mul_ps(r, r);
         p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0)));
         let e = _mm256_slli_epi32(

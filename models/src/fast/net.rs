@@ -17,9 +17,14 @@ const REG_MAX: usize = 16;
 /// Channels of a head output pixel: box 64 | keypoints 51 | class 1.
 const HEAD_C: usize = 4 * REG_MAX + 3 * NUM_KEYPOINTS + 1;
 
+/// Tensor name -> (dims, f32 values).
+type TensorMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
+/// OIHW weights with BatchNorm folded, their dims, the bias.
+type Folded = (Vec<f32>, [usize; 4], Vec<f32>);
+
 /// Named f32 tensors of the checkpoint.
 struct Ws<'a> {
-    map: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    map: TensorMap,
     path: &'a Path,
 }
 
@@ -48,7 +53,7 @@ impl Ws<'_> {
     }
 
     /// `p.conv.weight` with `p.bn.*` folded: (OIHW weights, dims, bias).
-    fn folded(&self, p: &str) -> Result<(Vec<f32>, [usize; 4], Vec<f32>), ModelError> {
+    fn folded(&self, p: &str) -> Result<Folded, ModelError> {
         let (dims, w) = self.get(&format!("{p}.conv.weight"))?;
         let d = self.dims4(p, dims)?;
         let co = d[0];
@@ -79,7 +84,7 @@ impl Ws<'_> {
     }
 
     /// `p.weight` + `p.bias` (plain conv).
-    fn plain(&self, p: &str) -> Result<(Vec<f32>, [usize; 4], Vec<f32>), ModelError> {
+    fn plain(&self, p: &str) -> Result<Folded, ModelError> {
         let (dims, w) = self.get(&format!("{p}.weight"))?;
         let d = self.dims4(p, dims)?;
         let (bd, b) = self.get(&format!("{p}.bias"))?;
@@ -504,7 +509,7 @@ pub struct FastNet {
 }
 
 /// Loads a safetensors file into f32 vectors (same checks as the reference loader).
-fn read_weights(path: &Path) -> Result<HashMap<String, (Vec<usize>, Vec<f32>)>, ModelError> {
+fn read_weights(path: &Path) -> Result<TensorMap, ModelError> {
     if !path.exists() {
         return Err(ModelError::WeightsMissing(path.to_path_buf()));
     }

@@ -544,7 +544,7 @@ impl Arena {
         if transpose {
             out.repack(v.c, v.pixels(), |kk, nn| at(nn, kk), None);
         } else {
-            out.repack(v.pixels(), v.c, |kk, nn| at(kk, nn), None);
+            out.repack(v.pixels(), v.c, at, None);
         }
         self.record(Kind::Attention, t0, 0.0);
         Ok(())

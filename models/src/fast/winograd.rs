@@ -247,6 +247,7 @@ mod avx {
     ///
     /// # Safety
     /// AVX2/FMA present; `c % 8 == 0`; `d` readable and `v` writable for `16*c` floats.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn input_transform(d: *const f32, v: *mut f32, c: usize) {
         let mut ch = 0;
@@ -277,6 +278,7 @@ mod avx {
     /// # Safety
     /// AVX2/FMA present; `c % 8 == 0`, `cvalid <= c`; `m` readable for `16*c`, `bias` for `c`;
     /// every non-null `outs[i]` writable and `res[i]` readable for `cvalid` floats.
+    #[allow(clippy::needless_range_loop)]
     #[target_feature(enable = "avx2,fma")]
     pub unsafe fn output_transform(
         m: *const f32,
