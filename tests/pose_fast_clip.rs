@@ -1,0 +1,152 @@
+//! The fast pose path against the reference on real frames of the shared clip
+//! (../shared/data/3809.MP4): same persons after decode, keypoints within a few pixels.
+//!
+//! Tolerance: both paths are f32 and differ only in summation order and the vectorised exp,
+//! so detections far from the score threshold match; a person whose score sits within 1e-3 of
+//! the threshold could flip, so the count may differ only by such borderline persons. Matched
+//! persons: |score diff| <= 1e-3, boxes and keypoints within 1 px in source (1920x1080) pixels.
+
+use std::path::{Path, PathBuf};
+
+use referee_capture::source::{open_video, FrameData};
+use referee_models::{
+    default_weights_path, letterbox_rgb, FastYoloPose, Person, PoseEstimator, PoseOptions, YoloPose,
+};
+
+const SCORE_TOL: f32 = 1e-3;
+const PX_TOL: f32 = 1.0;
+
+fn shared_clip() -> Option<PathBuf> {
+    let d = std::env::var_os("REFEREE_SHARED_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("..")
+                .join("shared")
+        });
+    let p = d.join("data").join("3809.MP4");
+    p.exists().then_some(p)
+}
+
+fn weights() -> PathBuf {
+    let p = std::env::var_os("REFEREE_WEIGHTS")
+        .map(PathBuf::from)
+        .unwrap_or_else(default_weights_path);
+    assert!(
+        p.exists(),
+        "pose weights not found at {}: run `cargo run --release -- model fetch` first",
+        p.display()
+    );
+    p
+}
+
+/// Every `step`-th frame of the clip as packed RGB, at most `max` of them.
+fn frames(clip: &Path, step: usize, max: usize) -> Vec<(usize, usize, Vec<u8>)> {
+    let mut src = open_video(clip).expect("open clip");
+    let mut out = Vec::new();
+    let mut i = 0;
+    while let Some(f) = src.next_frame().expect("decode") {
+        if i % step == 0 {
+            let rgb = match f.data {
+                FrameData::Rgb(b) => b,
+                FrameData::Jpeg(j) => referee_models::image::decode_jpeg(&j).expect("jpeg").data,
+            };
+            out.push((f.width as usize, f.height as usize, rgb));
+            if out.len() == max {
+                break;
+            }
+        }
+        i += 1;
+    }
+    out
+}
+
+fn check(got: &[Person], want: &[Person], thr: f32, label: &str) {
+    let borderline = |p: &Person| (p.score - thr).abs() <= SCORE_TOL;
+    let mut matched = 0;
+    for e in want {
+        let m = got.iter().find(|g| {
+            (g.bbox[0] - e.bbox[0]).abs() <= PX_TOL
+                && (g.bbox[1] - e.bbox[1]).abs() <= PX_TOL
+                && (g.bbox[2] - e.bbox[2]).abs() <= PX_TOL
+                && (g.bbox[3] - e.bbox[3]).abs() <= PX_TOL
+        });
+        match m {
+            Some(g) => {
+                matched += 1;
+                assert!(
+                    (g.score - e.score).abs() <= SCORE_TOL,
+                    "{label}: score {} vs {}",
+                    g.score,
+                    e.score
+                );
+                for (a, b) in g.keypoints.iter().zip(&e.keypoints) {
+                    assert!(
+                        (a[0] - b[0]).abs() <= PX_TOL
+                            && (a[1] - b[1]).abs() <= PX_TOL
+                            && (a[2] - b[2]).abs() <= SCORE_TOL,
+                        "{label}: keypoint {a:?} vs {b:?}"
+                    );
+                }
+            }
+            None => assert!(
+                borderline(e),
+                "{label}: reference person {:?} (score {}) not found",
+                e.bbox,
+                e.score
+            ),
+        }
+    }
+    let extra = got.len() - matched;
+    assert!(
+        extra == 0 || got.iter().filter(|g| borderline(g)).count() >= extra,
+        "{label}: {extra} extra persons in the fast path"
+    );
+}
+
+fn run_size(clip: &Path, w: usize, h: usize, band: Option<(usize, usize, usize)>) {
+    let opts = PoseOptions {
+        input_width: w,
+        input_height: h,
+        ..PoseOptions::default()
+    };
+    let mut reference = YoloPose::load(&weights(), opts).expect("reference");
+    let mut fast = FastYoloPose::load(&weights(), opts).expect("fast");
+    let mut total = 0;
+    for (i, (fw, fh, rgb)) in frames(clip, 8, 8).into_iter().enumerate() {
+        // band as fractions of the frame height (num/den for its top and bottom)
+        let (rgb, fh, y0) = match band {
+            Some((top, bottom, den)) => {
+                let (y0, y1) = (fh * top / den, fh * bottom / den);
+                (rgb[y0 * fw * 3..y1 * fw * 3].to_vec(), y1 - y0, y0)
+            }
+            None => (rgb, fh, 0),
+        };
+        let mut frame = letterbox_rgb(&rgb, fw, fh, w, h);
+        frame.letterbox.offset_y = y0 as f32;
+        let want = reference
+            .estimate(std::slice::from_ref(&frame))
+            .expect("reference");
+        let got = fast.estimate(std::slice::from_ref(&frame)).expect("fast");
+        check(
+            &got[0],
+            &want[0],
+            opts.conf_threshold,
+            &format!("{w}x{h} frame {i}"),
+        );
+        total += want[0].len();
+    }
+    println!("{w}x{h} band {band:?}: {total} reference persons matched");
+    assert!(total > 0, "the clip should contain fencers");
+}
+
+#[test]
+fn fast_matches_reference_on_clip_frames() {
+    let Some(clip) = shared_clip() else {
+        println!("skipped: ../shared/data/3809.MP4 not found");
+        return;
+    };
+    run_size(&clip, 640, 384, None);
+    // The piste band (rows 5/18 .. 13/18 of the frame, 200..520 of the 720p clip) at 640x192.
+    run_size(&clip, 640, 192, Some((5, 13, 18)));
+}
