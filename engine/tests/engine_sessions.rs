@@ -198,7 +198,8 @@ async fn duplicates_out_of_order_and_bad_frames_are_accounted() {
     );
     let garbage = b"\xff\xd8\xff\xe0 definitely not a jpeg".to_vec();
     assert_eq!(submit(&engine, "s1", 6, garbage).await, Admission::Accepted);
-    for f in 7..10u64 {
+    // The phrase ends at 0.6 s: at 15 fps its last frame is frame 8.
+    for f in 7..9u64 {
         submit(&engine, "s1", f, jpeg(f as u8)).await;
     }
     engine.signal(signal("s1"), Instant::now()).expect("signal");
@@ -206,17 +207,17 @@ async fn duplicates_out_of_order_and_bad_frames_are_accounted() {
         unreachable!()
     };
     let stats = session.counters.snapshot();
-    assert_eq!(stats.received, 10, "{stats:?}");
+    assert_eq!(stats.received, 9, "{stats:?}");
     assert_eq!(stats.duplicates, 1, "{stats:?}");
     assert_eq!(stats.bad_frames, 1, "{stats:?}");
-    assert_eq!(stats.processed, 9, "{stats:?}");
+    assert_eq!(stats.processed, 8, "{stats:?}");
     assert_eq!(stats.dropped, 0, "{stats:?}");
     assert!(engine.stats().drops()["bad_image"] >= 1);
     let ack = session.acks.lock().to_ack();
-    assert_eq!(ack.next_expected, 10);
+    assert_eq!(ack.next_expected, 9);
     assert!(ack.received_ranges.is_empty());
     let detail: serde_json::Value = serde_json::from_str(&v.detail_json).expect("detail json");
-    assert_eq!(detail["frames_tracked"], 9);
+    assert_eq!(detail["frames_tracked"], 8);
     assert!(v.latency_ms >= 0.0);
     engine.shutdown();
 }
@@ -226,7 +227,7 @@ async fn verdict_waits_for_frames_in_flight() {
     let engine = Engine::start(config(), Box::new(FakePose));
     let (tx, mut rx) = mpsc::unbounded_channel();
     engine.open_session(start("s2"), tx).expect("open");
-    for f in 0..8u64 {
+    for f in 0..9u64 {
         submit(&engine, "s2", f, jpeg(f as u8)).await;
     }
     // The signal lands while frames are still in the pipeline.
@@ -236,8 +237,8 @@ async fn verdict_waits_for_frames_in_flight() {
     };
     let detail: serde_json::Value = serde_json::from_str(&v.detail_json).expect("json");
     assert_eq!(
-        detail["frames_tracked"], 8,
-        "all admitted frames up to the phrase end"
+        detail["frames_tracked"], 9,
+        "every frame up to the phrase end (frame 8 at 15 fps)"
     );
     assert_eq!(engine.stats().verdict_latencies_ms().len(), 1);
     engine.shutdown();
@@ -294,5 +295,44 @@ async fn frames_for_unknown_sessions_and_bad_lengths_are_refused() {
     assert!(matches!(err, EngineError::LengthMismatch { .. }), "{err}");
     // Permits came back: the pipeline is empty.
     assert_eq!(engine.in_flight(), 0);
+    engine.shutdown();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn several_pistes_share_the_pose_stage_and_each_gets_its_verdict() {
+    let engine = Engine::start(config(), Box::new(FakePose));
+    let mut outboxes = Vec::new();
+    for id in ["p1", "p2", "p3"] {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut s = start(id);
+        s.piste = id.to_string();
+        engine.open_session(s, tx).expect("open");
+        outboxes.push((id, rx));
+    }
+    // Interleaved, as three agents streaming at once would deliver them.
+    for f in 0..9u64 {
+        for (id, _) in &outboxes {
+            submit(&engine, id, f, jpeg(f as u8)).await;
+        }
+    }
+    for (id, _) in &outboxes {
+        engine.signal(signal(id), Instant::now()).expect("signal");
+    }
+    for (id, rx) in &mut outboxes {
+        let ServerMsg::Verdict(v) = wait_verdict(rx).await else {
+            unreachable!()
+        };
+        assert_eq!(v.session_id, *id);
+        assert_eq!(v.piste, *id);
+        let detail: serde_json::Value = serde_json::from_str(&v.detail_json).expect("json");
+        assert_eq!(detail["frames_tracked"], 9, "{id}: {detail}");
+    }
+    assert_eq!(
+        engine
+            .stats()
+            .frames_processed
+            .load(std::sync::atomic::Ordering::Relaxed),
+        27
+    );
     engine.shutdown();
 }
