@@ -1074,8 +1074,14 @@ fn handle_msg(
         ServerMsg::Live(l) => progress.live(&l),
         ServerMsg::Verdict(v) => {
             st.pending_signals.retain(|(p, _, _)| *p != v.phrase);
-            progress.verdict(&v);
-            st.verdicts.push(v);
+            // A signal resent after a reconnect may be answered twice: keep one per phrase.
+            match st.verdicts.iter_mut().find(|x| x.phrase == v.phrase) {
+                Some(old) => *old = v,
+                None => {
+                    progress.verdict(&v);
+                    st.verdicts.push(v);
+                }
+            }
         }
         ServerMsg::SessionEnded { stats, .. } => {
             if !st.end_sent {
