@@ -188,7 +188,7 @@ impl PhraseTracker {
             right_of_way: live.right_of_way.map(side_to_wire),
             confidence: live.confidence,
         };
-        if frame % 10 == 0 {
+        if frame.is_multiple_of(10) {
             self.session.send(ServerMsg::Progress {
                 session_id: self.session.id().to_string(),
                 stats: self.session.counters.snapshot(),
@@ -341,7 +341,7 @@ impl PhraseTracker {
                 timeline: p.timeline.clone(),
                 rectified: self.rectified,
                 overlay: self.overlay_frame(&p.timeline, p.origin_frame),
-                rectify: self.session.rectify.clone(),
+                rectify: self.session.rectify,
             };
             if let Some(handle) = crate::artifacts_job::spawn(job) {
                 let mut writers = shared.artifact_writers.lock();

@@ -449,7 +449,7 @@ impl Engine {
                 max_mb: budget >> 20,
             });
         }
-        let mut rectify = self.shared.cfg.rectify.clone();
+        let mut rectify = self.shared.cfg.rectify;
         if let (true, Some(hint)) = (self.shared.cfg.honour_undistort_hint, start.undistort) {
             rectify.fisheye_enabled = hint.enabled;
             rectify.strength = hint.strength;

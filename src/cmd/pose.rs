@@ -40,7 +40,7 @@ pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
         .trim()
         .parse()
         .map_err(|_| format!("bad height in `{s}`"))?;
-    if w == 0 || h == 0 || w % 32 != 0 || h % 32 != 0 {
+    if w == 0 || h == 0 || !w.is_multiple_of(32) || !h.is_multiple_of(32) {
         return Err(format!(
             "size `{s}`: width and height must be positive multiples of 32"
         ));
