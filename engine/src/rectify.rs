@@ -943,6 +943,7 @@ mod tests {
             table.apply(&img, &mut out).expect("apply");
             let plain = referee_models::letterbox_rgb(&img.data, w, h, tw, th);
             let d = max_diff(&out, &plain.chw);
+            println!("{w}x{h} -> {tw}x{th}: table vs letterbox_rgb max abs diff {d:.2e}");
             assert!(d < TABLE_TOLERANCE, "{w}x{h}->{tw}x{th}: max diff {d}");
             assert_eq!(table.letterbox(), plain.letterbox);
             assert_eq!(table.rectified_size(), (w, h));
