@@ -5,10 +5,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use referee_capture::source::FrameData;
 use referee_engine::offline::{OfflineFrame, OfflineSession};
 use referee_engine::Engine;
-use referee_transport::messages::{FrameEncoding, SessionStart, VerdictReport};
+use referee_transport::messages::{SessionStart, VerdictReport};
 
 /// Streams `video` through an in-process engine, then decides with `signal`.
 pub fn analyze_video(
@@ -58,21 +57,13 @@ pub fn analyze_video(
             },
         )?;
         while let Some(frame) = source.next_frame()? {
-            let (encoding, bytes) = match frame.data {
-                FrameData::Jpeg(b) => (FrameEncoding::Jpeg, b),
-                FrameData::Rgb(b) => (
-                    FrameEncoding::Rgb24 {
-                        width: frame.width,
-                        height: frame.height,
-                    },
-                    b,
-                ),
-            };
+            let capture_ts_us = frame.capture_ts_us;
+            let (encoding, bytes) = frame.into_wire();
             session
                 .push(OfflineFrame {
                     encoding,
                     bytes,
-                    capture_ts_us: frame.capture_ts_us,
+                    capture_ts_us,
                 })
                 .await?;
             bar.inc(1);

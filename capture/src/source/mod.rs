@@ -101,6 +101,23 @@ pub struct CapturedFrame {
     pub pts_us: Option<u64>,
 }
 
+impl CapturedFrame {
+    /// The frame as it can travel without re-encoding: JPEG bytes as they are, RGB as `Rgb24`.
+    pub fn into_wire(self) -> (referee_transport::messages::FrameEncoding, Vec<u8>) {
+        use referee_transport::messages::FrameEncoding;
+        match self.data {
+            FrameData::Jpeg(b) => (FrameEncoding::Jpeg, b),
+            FrameData::Rgb(b) => (
+                FrameEncoding::Rgb24 {
+                    width: self.width,
+                    height: self.height,
+                },
+                b,
+            ),
+        }
+    }
+}
+
 /// A producer of frames.
 pub trait FrameSource: Send {
     /// Description of the source (size, frame rate, frame count when known).
