@@ -69,9 +69,11 @@ pub struct AgentConfig {
     pub backoff_max: Duration,
     /// Time allowed for the handshake, `Welcome` and `SessionStarted`.
     pub handshake_timeout: Duration,
-    /// Time allowed, after the last frame, for the acks to cover every frame.
+    /// Time allowed, after the last frame, for the acks to cover every frame; restarts whenever
+    /// the daemon acknowledges more frames (a slow but working daemon is waited for).
     pub ack_timeout: Duration,
-    /// Time allowed from sending a signal to receiving its verdict.
+    /// Time allowed from sending a signal to receiving its verdict; restarts whenever the daemon
+    /// acknowledges more frames.
     pub verdict_timeout: Duration,
     /// Largest control message accepted from the daemon.
     pub max_message_bytes: usize,
@@ -340,6 +342,8 @@ struct State {
     once_signal: Option<(String, Vec<u8>)>,
     once_signal_sent: bool,
     all_sent_at: Option<Instant>,
+    /// Last time the daemon acknowledged new frames.
+    last_ack_progress: Instant,
     end_sent: bool,
     verdicts: Vec<VerdictReport>,
     server_stats: Option<SessionStats>,
@@ -349,7 +353,11 @@ struct State {
 impl State {
     fn apply_ack(&mut self, ack: Ack) {
         let queue = self.ring.apply_ack(&ack);
-        self.stats.frames_acked = self.stats.frames_acked.max(ack_count(&ack));
+        let count = ack_count(&ack);
+        if count > self.stats.frames_acked {
+            self.last_ack_progress = Instant::now();
+        }
+        self.stats.frames_acked = self.stats.frames_acked.max(count);
         self.last_ack = ack;
         self.stats.queue = queue as u64;
     }
@@ -537,6 +545,7 @@ pub async fn run_agent(
         once_signal,
         once_signal_sent: false,
         all_sent_at: None,
+        last_ack_progress: Instant::now(),
         end_sent: false,
         verdicts: Vec::new(),
         server_stats: None,
@@ -959,8 +968,8 @@ async fn session_on(
                     st.next_new
                 ));
             }
-            let acks_settled =
-                st.ring.is_empty() || now.duration_since(all_sent_at) > cfg.ack_timeout;
+            let acks_settled = st.ring.is_empty()
+                || now.duration_since(all_sent_at.max(st.last_ack_progress)) > cfg.ack_timeout;
             if !st.end_sent && st.pending_signals.is_empty() && acks_settled {
                 if !st.ring.is_empty() {
                     tracing::warn!(
@@ -1036,7 +1045,7 @@ async fn session_on(
                 st.refresh();
                 progress.update(&st.stats);
                 if let Some((phrase, _, at)) = st.pending_signals.first() {
-                    if at.elapsed() > cfg.verdict_timeout {
+                    if at.max(&st.last_ack_progress).elapsed() > cfg.verdict_timeout {
                         return Err(Failure::Fatal(AgentError::VerdictTimeout { phrase: *phrase, after: cfg.verdict_timeout }));
                     }
                 }
