@@ -38,6 +38,8 @@ pub struct FastYoloPose {
     arena: ops::Arena,
     attn: net::AttnBufs,
     raw: Vec<f32>,
+    /// Own thread pool (see [`FastYoloPose::set_threads`]); None: rayon's global pool.
+    pool: Option<rayon::ThreadPool>,
 }
 
 impl FastYoloPose {
@@ -50,12 +52,33 @@ impl FastYoloPose {
             arena: ops::Arena::default(),
             attn: net::AttnBufs::default(),
             raw: Vec::new(),
+            pool: None,
         })
     }
 
     /// Options in use.
     pub fn options(&self) -> PoseOptions {
         self.opts
+    }
+
+    /// Runs on `n` threads of its own pool (`0`: rayon's global pool, one thread per core).
+    /// On a machine shared with other busy processes, fewer threads can give lower and
+    /// steadier latency: every op waits for its slowest chunk, and a preempted thread stalls it.
+    pub fn set_threads(&mut self, n: usize) -> Result<(), ModelError> {
+        self.pool = if n == 0 {
+            None
+        } else {
+            Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("pose-{i}"))
+                    .build()
+                    .map_err(|e| {
+                        ModelError::Input(format!("cannot start {n} pose threads: {e}"))
+                    })?,
+            )
+        };
+        Ok(())
     }
 
     /// Changes the input size (any positive multiple of 32); buffers grow on the next frame.
@@ -113,11 +136,17 @@ impl FastYoloPose {
             )));
         }
         let t0 = Instant::now();
-        self.arena.reset();
-        let outs = self
-            .net
-            .features(&mut self.arena, &mut self.attn, chw, width, height)?;
-        net::decode_timed(&mut self.arena, &outs, min_logit, &mut self.raw);
+        let (model, arena, attn, raw) = (&self.net, &mut self.arena, &mut self.attn, &mut self.raw);
+        let mut work = move || -> Result<(), ModelError> {
+            arena.reset();
+            let outs = model.features(arena, attn, chw, width, height)?;
+            net::decode_timed(arena, &outs, min_logit, raw);
+            Ok(())
+        };
+        match &self.pool {
+            Some(p) => p.install(work)?,
+            None => work()?,
+        }
         self.arena.prof.total_s = t0.elapsed().as_secs_f64();
         Ok(())
     }

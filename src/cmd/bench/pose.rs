@@ -49,6 +49,9 @@ pub struct Args {
     /// Print the fast path's time per stage and per op kind.
     #[arg(long)]
     profile: bool,
+    /// Threads of the fast path (0: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 fn parse_band(s: &str) -> Result<(usize, usize), String> {
@@ -232,6 +235,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let load_before = load_avg();
         let mut fast = FastYoloPose::load(&weights, opts)
             .with_context(|| format!("loading {}", weights.display()))?;
+        fast.set_threads(args.threads)?;
         let mut prof = Profile::default();
         let (fast_t, fast_persons) = time_path(&mut fast, &prepared, |m| {
             let p = m.last_profile();
@@ -274,6 +278,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "fast_persons_per_frame": r2(fast_persons as f64 / n),
                 "reference_persons_per_frame": reference.as_ref().map(|r| r2(r.2 as f64 / n)),
                 "loadavg": load,
+                "threads": if args.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { args.threads },
             });
             if args.profile {
                 let stages: serde_json::Map<String, serde_json::Value> = STAGE_NAMES
