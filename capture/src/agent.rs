@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 /// Everything the agent needs besides its frame source and signal.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct AgentConfig {
     /// Daemon's QUIC address.
     pub server: SocketAddr,
@@ -111,6 +111,34 @@ impl AgentConfig {
             stop: Arc::new(AtomicBool::new(false)),
             client_name: format!("referee-capture/{}", env!("CARGO_PKG_VERSION")),
         }
+    }
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the token.
+        f.debug_struct("AgentConfig")
+            .field("server", &self.server)
+            .field("server_name", &self.server_name)
+            .field("trust", &self.trust)
+            .field(
+                "token",
+                &if self.token.is_empty() {
+                    ""
+                } else {
+                    "<redacted>"
+                },
+            )
+            .field("session_id", &self.session_id)
+            .field("piste", &self.piste)
+            .field("camera", &self.camera)
+            .field("encoding", &self.encoding)
+            .field("pacing", &self.pacing)
+            .field("ring_capacity", &self.ring_capacity)
+            .field("live_source", &self.live_source)
+            .field("max_inflight", &self.max_inflight)
+            .field("max_retries", &self.max_retries)
+            .finish_non_exhaustive()
     }
 }
 
