@@ -78,10 +78,26 @@ pub struct TlsSettings {
 }
 
 /// Tokens per role. With no tokens at all, the daemon only accepts a loopback bind.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Clone, PartialEq, Default)]
 pub struct AuthSettings {
     pub capture_tokens: Vec<String>,
     pub feed_tokens: Vec<String>,
+}
+
+impl std::fmt::Debug for AuthSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Settings get logged; tokens must not be.
+        f.debug_struct("AuthSettings")
+            .field(
+                "capture_tokens",
+                &format_args!("<{} redacted>", self.capture_tokens.len()),
+            )
+            .field(
+                "feed_tokens",
+                &format_args!("<{} redacted>", self.feed_tokens.len()),
+            )
+            .finish()
+    }
 }
 
 /// Resource limits of the daemon.

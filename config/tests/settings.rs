@@ -250,3 +250,12 @@ fn load_reads_a_file_and_reports_a_missing_one() {
     let err = Settings::load(Some(&dir.path().join("missing.toml"))).unwrap_err();
     assert!(err.to_string().contains("missing.toml"), "{err}");
 }
+
+#[test]
+fn debug_output_never_shows_tokens() {
+    let s =
+        Settings::from_sources(None, &env(&[("REFEREE_CAPTURE_TOKENS", "s3cret-token")])).unwrap();
+    let text = format!("{s:?}");
+    assert!(!text.contains("s3cret-token"), "{text}");
+    assert!(text.contains("redacted"));
+}
