@@ -333,6 +333,41 @@ impl Arena {
             self.record_op(Kind::Conv3x3, t0, cw.flops(dst.pixels()), out, 39, cw.ci);
             return Ok(());
         }
+        if planar && cw.co <= kernels::NR && kernels::has_avx2() {
+            if let Some((panel, pb)) = cw.b.panel(0) {
+                // SAFETY: the planar input (c planes of h*w, the dense allocation checked in
+                // bounds) and the output view are inside the arena and disjoint; the panel has
+                // k*k*ci rows of NR and the bias NR floats; co <= NR; AVX2 checked.
+                unsafe {
+                    kernels::conv_planar_direct(
+                        base.add(src.off),
+                        src.h,
+                        src.w,
+                        src.c,
+                        cw.k,
+                        cw.stride,
+                        panel.as_ptr(),
+                        pb.as_ptr(),
+                        cw.act,
+                        base.add(dst.off),
+                        dst.ld,
+                        cw.co,
+                        oh,
+                        ow,
+                    )
+                };
+                let out = (dst.h, dst.w, dst.c);
+                self.record_op(
+                    Kind::Conv3x3,
+                    t0,
+                    cw.flops(dst.pixels()),
+                    out,
+                    cw.k * 10 + cw.stride,
+                    cw.ci,
+                );
+                return Ok(());
+            }
+        }
         // SAFETY: `base` is valid for the arena; the views were checked in bounds above.
         let a = unsafe {
             if cw.k == 1 && cw.stride == 1 {
