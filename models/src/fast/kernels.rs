@@ -16,9 +16,9 @@ pub const NR: usize = 16;
 /// Pixels per micro-tile.
 pub const MR: usize = 6;
 /// K (reduction) block: one B micro-panel of `KC x NR` floats (16 KiB) stays in L1.
-const KC: usize = 256;
+const KC: usize = 512;
 /// M (pixel) block: one A block of `MC x KC` floats (96 KiB) stays in L2.
-const MC: usize = 96;
+const MC: usize = 48;
 
 /// Whether the AVX2 + FMA kernels can run on this CPU (cached by std).
 #[inline]
@@ -1181,7 +1181,7 @@ mod tests {
     fn gemm_1x1_odd_sizes() {
         check_conv(7, 5, 13, 21, 1, 1, true);
         check_conv(3, 3, 1, 1, 1, 1, false);
-        check_conv(11, 9, 300, 40, 1, 1, true); // K > KC, M > MC
+        check_conv(11, 9, 600, 40, 1, 1, true); // K > KC, M > MC
     }
 
     #[test]
@@ -1298,7 +1298,7 @@ mod tests {
     fn gemm_3x3_stride_and_padding() {
         check_conv(9, 7, 3, 16, 3, 2, true);
         check_conv(8, 10, 29, 17, 3, 1, false);
-        check_conv(13, 12, 33, 51, 3, 2, true); // K = 297 > KC, odd channels
+        check_conv(13, 12, 61, 51, 3, 2, true); // K = 549 > KC, odd channels
     }
 
     #[test]
