@@ -95,6 +95,10 @@ pub fn server_endpoint(
         .map_err(|e| TransportError::io(format!("binding the QUIC endpoint on {addr}"), e))
 }
 
+/// Idle timeout of client connections: with keep-alives every 2 s, a path that stays silent
+/// this long is dead, and the agent reconnects (the effective value is the smaller of both sides').
+pub const CLIENT_IDLE_TIMEOUT: Duration = Duration::from_secs(8);
+
 /// Binds a client endpoint on an ephemeral IPv4 port with `trust` as its default configuration.
 /// With [`Trust::InsecureLoopback`] the socket is bound to 127.0.0.1, so only loopback is reachable.
 pub fn client_endpoint(trust: &Trust) -> Result<quinn::Endpoint, TransportError> {
@@ -131,7 +135,7 @@ pub fn client_endpoint_with_alpn(
     let mut cfg = quinn::ClientConfig::new(Arc::new(crypto));
     let defaults = EndpointLimits::default();
     cfg.transport_config(Arc::new(transport_config(
-        defaults.idle_timeout,
+        CLIENT_IDLE_TIMEOUT,
         defaults.max_concurrent_uni_streams,
     )?));
     let bind = SocketAddr::new(bind_ip, 0);

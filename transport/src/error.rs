@@ -108,10 +108,10 @@ impl From<quinn::ConnectionError> for TransportError {
             C::ConnectionClosed(c) if is_crypto(c.error_code) => {
                 TransportError::Tls(format!("the peer aborted the handshake: {c}"))
             }
-            C::TimedOut => TransportError::Timeout {
-                what: "waiting for the peer (idle timeout)",
-                after: Duration::ZERO,
-            },
+            C::TimedOut => TransportError::Closed(
+                "no packets from the peer within the idle timeout (network down or peer gone)"
+                    .into(),
+            ),
             other => TransportError::Closed(other.to_string()),
         }
     }
