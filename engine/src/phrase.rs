@@ -65,6 +65,8 @@ pub(crate) struct PhraseTracker {
     phrases_decided: u32,
     /// When the last frame came out of the pipeline (for the signal wait).
     last_arrival: Instant,
+    /// The latest verdicts, to answer a repeated signal without deciding twice.
+    verdicts: Vec<VerdictReport>,
 }
 
 impl PhraseTracker {
@@ -84,6 +86,7 @@ impl PhraseTracker {
             pending: None,
             phrases_decided: 0,
             last_arrival: Instant::now(),
+            verdicts: Vec::new(),
         }
     }
 
@@ -199,6 +202,28 @@ impl PhraseTracker {
     }
 
     fn on_signal(&mut self, shared: &Shared, signal: Signal, received_at: Instant) {
+        // An agent that reconnects sends an unanswered signal again: answer once per phrase.
+        if let Some(v) = self.verdicts.iter().find(|v| v.phrase == signal.phrase) {
+            info!(
+                session = self.session.id(),
+                phrase = signal.phrase,
+                "repeated signal: verdict sent again"
+            );
+            self.session.send(ServerMsg::Verdict(v.clone()));
+            return;
+        }
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.signal.phrase == signal.phrase)
+        {
+            info!(
+                session = self.session.id(),
+                phrase = signal.phrase,
+                "repeated signal while deciding: ignored"
+            );
+            return;
+        }
         let text = String::from_utf8_lossy(&signal.bytes);
         let timeline = match parse_signal(&text) {
             Ok(t) => t,
@@ -324,6 +349,10 @@ impl PhraseTracker {
         shared.stats.record_verdict_latency(latency);
         shared.verdicts.fetch_add(1, Ordering::Relaxed);
         self.phrases_decided += 1;
+        if self.verdicts.len() >= 16 {
+            self.verdicts.remove(0);
+        }
+        self.verdicts.push(report.clone());
         if let Some(dir) = &shared.cfg.output_dir {
             let job = ArtifactJob {
                 dir: dir

@@ -336,3 +336,30 @@ async fn several_pistes_share_the_pose_stage_and_each_gets_its_verdict() {
     );
     engine.shutdown();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_signal_gets_the_same_verdict_once_decided() {
+    let engine = Engine::start(config(), Box::new(FakePose));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    engine.open_session(start("again"), tx).expect("open");
+    for f in 0..9u64 {
+        submit(&engine, "again", f, jpeg(f as u8)).await;
+    }
+    engine
+        .signal(signal("again"), Instant::now())
+        .expect("signal");
+    let ServerMsg::Verdict(first) = wait_verdict(&mut rx).await else {
+        unreachable!()
+    };
+    // The agent lost its connection before the verdict reached it and sends the signal again.
+    engine
+        .signal(signal("again"), Instant::now())
+        .expect("signal again");
+    let ServerMsg::Verdict(second) = wait_verdict(&mut rx).await else {
+        unreachable!()
+    };
+    assert_eq!(first, second, "the same verdict, not a new decision");
+    assert_eq!(engine.verdicts(), 1);
+    assert_eq!(engine.stats().verdict_latencies_ms().len(), 1);
+    engine.shutdown();
+}
