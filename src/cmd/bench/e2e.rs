@@ -37,6 +37,8 @@ pub struct Args {
     #[arg(long)]
     json: bool,
 }
+// The pose size and piste band come from the usual settings (REFEREE_POSE_SIZE,
+// REFEREE_PISTE_BAND), so the effect of cropping can be measured with the same command.
 
 /// Replays pre-encoded JPEG frames, stamping the capture time when each is produced.
 struct Replay {
@@ -113,7 +115,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let mean_kb = jpegs.iter().map(Vec::len).sum::<usize>() as f64 / jpegs.len() as f64 / 1024.0;
 
     let tmp = tempfile::tempdir().context("temporary directory")?;
-    let mut settings = referee_config::Settings::default();
+    // REFEREE_* settings apply (e.g. REFEREE_PISTE_BAND, REFEREE_POSE_SIZE); the addresses and
+    // directories are the bench's own.
+    let mut settings = crate::cmd::load_settings(None, &[])?;
     for (k, v) in [
         ("server.host", "127.0.0.1".to_string()),
         ("server.port", "0".to_string()),
