@@ -740,12 +740,39 @@ fn rectify_stage(
     }
 }
 
+/// Runs one blank frame through the model so buffers, packed weights and worker threads are
+/// ready before the first real frame (the first inference is otherwise several times slower).
+fn warm_up(estimator: &mut dyn PoseEstimator) {
+    let (w, h) = estimator.input_size();
+    let blank = PreparedFrame {
+        width: w,
+        height: h,
+        chw: vec![114.0 / 255.0; 3 * w * h],
+        letterbox: referee_models::Letterbox {
+            scale: 1.0,
+            pad_x: 0.0,
+            pad_y: 0.0,
+            offset_x: 0.0,
+            offset_y: 0.0,
+        },
+    };
+    let started = Instant::now();
+    match estimator.estimate(&[blank]) {
+        Ok(_) => info!(
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "pose model warmed up"
+        ),
+        Err(e) => warn!(error = %e, "pose warm-up failed"),
+    }
+}
+
 fn pose_stage(
     shared: &Shared,
     mut estimator: Box<dyn PoseEstimator>,
     rx: Receiver<PreparedJob>,
     tx: Sender<PosedFrame>,
 ) {
+    warm_up(estimator.as_mut());
     let max_batch = shared.cfg.pose_batch.max(1);
     let mut batch: Vec<PreparedJob> = Vec::with_capacity(max_batch);
     let mut frames: Vec<PreparedFrame> = Vec::with_capacity(max_batch);

@@ -26,9 +26,14 @@ pub struct Args {
     /// The scoring box's log for the clip.
     #[arg(long)]
     signal: Option<PathBuf>,
-    /// Stream at the clip's real frame rate (default: as fast as the daemon accepts).
+    /// Stream as fast as the daemon accepts instead of at the clip's frame rate (the verdict
+    /// then waits for the backlog the burst created).
     #[arg(long)]
-    realtime: bool,
+    fast: bool,
+    /// Run pose on the whole frame; by default the sample clip is cropped to its piste band
+    /// (rows 28%-72%, pose at 640x192), as a camera at a piste would be set up.
+    #[arg(long)]
+    full_frame: bool,
     /// Where the daemon writes artifacts (default: ./referee-demo).
     #[arg(long, default_value = "referee-demo")]
     output: PathBuf,
@@ -117,6 +122,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         settings.set(k, &v).context("demo settings")?;
     }
     settings.pose.model = Some(weights);
+    let sample =
+        args.clip.is_none() && shared_data().is_some_and(|d| d.join("data/3809.MP4").exists());
+    if sample && !args.full_frame {
+        settings.set("pose.piste_band", "0.28-0.72")?;
+        settings.set("pose.size", "640x192")?;
+    }
     let (estimator, model) = if args.reference_pose {
         super::load_reference_estimator(&settings)?
     } else {
@@ -169,7 +180,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             format!("demo-{}", std::process::id()),
         );
         cfg.piste = "demo".into();
-        if args.realtime {
+        if !args.fast {
             cfg.pacing = Pacing::RealTime { fps };
         }
         let started = Instant::now();
