@@ -125,8 +125,10 @@ pub struct PoseSettings {
     pub height: u32,
     /// Vertical band of the frame (fractions of its height, top to bottom) kept for pose.
     pub piste_band: (f32, f32),
-    /// Inference threads; 0 = one per core.
+    /// Threads per pose worker; 0 = the cores divided among the workers.
     pub threads: usize,
+    /// Pose workers, each inferring whole frames in parallel with the others; 0 = one per core.
+    pub workers: usize,
 }
 
 /// Fisheye correction defaults (an agent's hint may be overridden by these).
@@ -190,6 +192,7 @@ impl Default for Settings {
                 height: 384,
                 piste_band: (0.0, 1.0),
                 threads: 0,
+                workers: 0,
             },
             fisheye: FisheyeSettings {
                 enabled: false,
@@ -243,7 +246,8 @@ pub const KEYS: &[KeyInfo] = &[
     KeyInfo { key: "pose.model", env: "REFEREE_YOLO_MODEL", allowed: "a weights file path, or empty for the model cache's yolo11n-pose.safetensors" },
     KeyInfo { key: "pose.size", env: "REFEREE_POSE_SIZE", allowed: "WIDTHxHEIGHT, each a multiple of 32 in 32-4096, e.g. 640x384" },
     KeyInfo { key: "pose.piste_band", env: "REFEREE_PISTE_BAND", allowed: "TOP-BOTTOM fractions of the frame height with 0 <= TOP < BOTTOM <= 1, e.g. 0.25-0.9" },
-    KeyInfo { key: "pose.threads", env: "REFEREE_POSE_THREADS", allowed: "an integer 0-1024 (0 = one per core)" },
+    KeyInfo { key: "pose.threads", env: "REFEREE_POSE_THREADS", allowed: "an integer 0-1024 (0 = the cores divided among the workers)" },
+    KeyInfo { key: "pose.workers", env: "REFEREE_POSE_WORKERS", allowed: "an integer 0-64 (0 = one per core)" },
     KeyInfo { key: "fisheye.enabled", env: "REFEREE_FISHEYE_ENABLED", allowed: "true or false (also 1/0, yes/no, on/off)" },
     KeyInfo { key: "fisheye.strength", env: "REFEREE_FISHEYE_STRENGTH", allowed: "a number in -1.0..=1.0 (negative = barrel correction)" },
     KeyInfo { key: "fisheye.balance", env: "REFEREE_FISHEYE_BALANCE", allowed: "a number in 0.0..=1.0 (0 = crop to valid pixels, 1 = keep the whole frame)" },
@@ -563,6 +567,7 @@ impl Settings {
                 self.pose.piste_band = (a, b);
             }
             "pose.threads" => self.pose.threads = int!(usize, 0, 1024),
+            "pose.workers" => self.pose.workers = int!(usize, 0, 64),
             "fisheye.enabled" => {
                 self.fisheye.enabled = match text_or_bad()?.to_ascii_lowercase().as_str() {
                     "true" | "1" | "yes" | "on" => true,

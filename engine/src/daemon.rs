@@ -84,11 +84,12 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the engine with `estimator`, the QUIC endpoint and the HTTP server on the current
+    /// Starts the engine with one pose worker per estimator, the QUIC endpoint and the HTTP
+    /// server on the current
     /// tokio runtime. Port 0 in the settings picks a free port (see `quic_addr`/`http_addr`).
     pub async fn start(
         settings: &Settings,
-        estimator: Box<dyn PoseEstimator>,
+        estimators: Vec<Box<dyn PoseEstimator>>,
         model_name: &str,
     ) -> Result<Self, DaemonError> {
         let s = settings;
@@ -139,7 +140,7 @@ impl Daemon {
             source,
         })?;
 
-        let engine = Engine::start(engine_config(s), estimator);
+        let engine = Engine::start_workers(engine_config(s), estimators);
         let (stop, mut stopped) = watch::channel(false);
         let ctx = QuicContext {
             engine: engine.clone(),

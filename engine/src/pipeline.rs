@@ -255,6 +255,16 @@ struct Inputs {
 impl Engine {
     /// Starts the stage threads with `estimator` as the pose stage.
     pub fn start(cfg: EngineConfig, estimator: Box<dyn PoseEstimator>) -> Self {
+        Self::start_workers(cfg, vec![estimator])
+    }
+
+    /// Starts the stage threads with one pose worker per estimator: each worker infers whole
+    /// frames taken from the same queue, and the track stage puts them back in order. On few
+    /// cores, frame-level parallelism scales better than splitting one frame's layers.
+    pub fn start_workers(cfg: EngineConfig, estimators: Vec<Box<dyn PoseEstimator>>) -> Self {
+        if estimators.is_empty() {
+            warn!("no pose worker given: frames will wait in the pipeline");
+        }
         let depth = cfg.queue_depth.max(1);
         let shared = Arc::new(Shared {
             cfg,
@@ -301,13 +311,14 @@ impl Engine {
                 Box::new(move || rectify_stage(&shared, rectify_rx, pose_tx, track_tx)),
             ));
         }
-        {
-            let shared = shared.clone();
+        for (i, estimator) in estimators.into_iter().enumerate() {
+            let (shared, pose_rx, track_tx) = (shared.clone(), pose_rx.clone(), track_tx.clone());
             threads.push(spawn(
-                "referee-pose",
+                &format!("referee-pose-{i}"),
                 Box::new(move || pose_stage(&shared, estimator, pose_rx, track_tx)),
             ));
         }
+        drop((pose_rx, track_tx));
         {
             let shared = shared.clone();
             threads.push(spawn(

@@ -224,7 +224,8 @@ async fn duplicates_out_of_order_and_bad_frames_are_accounted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn verdict_waits_for_frames_in_flight() {
-    let engine = Engine::start(config(), Box::new(FakePose));
+    // Two pose workers: frames leave pose out of order and are put back in order.
+    let engine = Engine::start_workers(config(), vec![Box::new(FakePose), Box::new(FakePose)]);
     let (tx, mut rx) = mpsc::unbounded_channel();
     engine.open_session(start("s2"), tx).expect("open");
     for f in 0..9u64 {

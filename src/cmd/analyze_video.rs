@@ -20,8 +20,8 @@ pub fn analyze_video(
     let mut source = referee_capture::source::open_video(video)
         .with_context(|| format!("cannot open video {}", video.display()))?;
     let info = source.info().clone();
-    let (estimator, _model) = super::load_estimator(settings)?;
-    let engine = Engine::start(referee_engine::daemon::engine_config(settings), estimator);
+    let (estimators, _model) = super::load_estimators(settings)?;
+    let engine = Engine::start_workers(referee_engine::daemon::engine_config(settings), estimators);
     let bar = super::progress_bar(info.frame_count, "frames");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -128,10 +128,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         settings.set("pose.piste_band", "0.28-0.72")?;
         settings.set("pose.size", "640x192")?;
     }
-    let (estimator, model) = if args.reference_pose {
-        super::load_reference_estimator(&settings)?
+    let (estimators, model) = if args.reference_pose {
+        let (one, name) = super::load_reference_estimator(&settings)?;
+        (vec![one], name)
     } else {
-        super::load_estimator(&settings)?
+        super::load_estimators(&settings)?
     };
 
     let (source, signal, what): (Box<dyn FrameSource>, SignalInput, String) =
@@ -168,7 +169,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let daemon = referee_engine::daemon::Daemon::start(&settings, estimator, &model).await?;
+        let daemon = referee_engine::daemon::Daemon::start(&settings, estimators, &model).await?;
         eprintln!(
             "daemon on {} (QUIC), status at http://{}/status, live page at http://{}/",
             daemon.quic_addr, daemon.http_addr, daemon.http_addr

@@ -63,15 +63,39 @@ fn model_name(weights: &std::path::Path) -> String {
         .unwrap_or_default()
 }
 
-/// Loads the fast pose estimator on the weights the settings name (or the cached default).
-pub fn load_estimator(
+/// Pose workers and threads per worker from the settings (0 = from the number of cores).
+pub fn pose_parallelism(s: &referee_config::Settings) -> (usize, usize) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = if s.pose.workers == 0 {
+        cores
+    } else {
+        s.pose.workers
+    };
+    let threads = if s.pose.threads == 0 {
+        (cores / workers).max(1)
+    } else {
+        s.pose.threads
+    };
+    (workers, threads)
+}
+
+/// Loads the fast pose estimator on the weights the settings name (or the cached default),
+/// once per pose worker (see [`pose_parallelism`]).
+pub fn load_estimators(
     s: &referee_config::Settings,
-) -> anyhow::Result<(Box<dyn referee_models::PoseEstimator>, String)> {
+) -> anyhow::Result<(Vec<Box<dyn referee_models::PoseEstimator>>, String)> {
     use anyhow::Context;
     let weights = weights_path(s);
-    let model = referee_models::fast::FastYoloPose::load(&weights, pose_options(s))
-        .with_context(|| format!("loading pose weights {}", weights.display()))?;
-    Ok((Box::new(model), model_name(&weights)))
+    let (workers, threads) = pose_parallelism(s);
+    let mut estimators: Vec<Box<dyn referee_models::PoseEstimator>> = Vec::new();
+    for _ in 0..workers {
+        let mut model = referee_models::fast::FastYoloPose::load(&weights, pose_options(s))
+            .with_context(|| format!("loading pose weights {}", weights.display()))?;
+        model.set_threads(threads)?;
+        estimators.push(Box::new(model));
+    }
+    tracing::info!(workers, threads, "pose workers");
+    Ok((estimators, model_name(&weights)))
 }
 
 /// Loads the unoptimised reference estimator (for checks and comparisons).

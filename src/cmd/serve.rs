@@ -45,14 +45,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.output_dir.map(|p| p.display().to_string()),
     );
     let settings = super::load_settings(args.config.as_deref(), &overrides)?;
-    let (estimator, model) = super::load_estimator(&settings)?;
+    let (estimators, model) = super::load_estimators(&settings)?;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let daemon = referee_engine::daemon::Daemon::start(&settings, estimator, &model).await?;
+        let daemon = referee_engine::daemon::Daemon::start(&settings, estimators, &model).await?;
         eprintln!("referee daemon ready");
         eprintln!("  QUIC (agents, feed): {}", daemon.quic_addr);
         eprintln!("  HTTP (status, feed page): http://{}/", daemon.http_addr);

@@ -71,7 +71,7 @@ pub fn settings(tmp: &Path) -> Settings {
 
 /// Starts a daemon with the fast estimator.
 pub async fn daemon(settings: &Settings) -> Daemon {
-    Daemon::start(settings, estimator(), "yolo11n-pose")
+    Daemon::start(settings, vec![estimator()], "yolo11n-pose")
         .await
         .expect("daemon starts")
 }

@@ -79,6 +79,10 @@ struct Row {
     phrases: usize,
     frames_per_phrase: usize,
     stage_mean_ms: std::collections::BTreeMap<String, f64>,
+    pose_workers: usize,
+    threads_per_worker: usize,
+    pose_size: String,
+    piste_band: (f32, f32),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -132,7 +136,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ] {
         settings.set(k, &v)?;
     }
-    let (estimator, model) = crate::cmd::load_estimator(&settings)?;
+    let (estimators, model) = crate::cmd::load_estimators(&settings)?;
+    let (workers, threads) = crate::cmd::pose_parallelism(&settings);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -140,7 +145,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let model_name = model.clone();
     let rows = rt.block_on(async {
         let daemon =
-            referee_engine::daemon::Daemon::start(&settings, estimator, &model_name).await?;
+            referee_engine::daemon::Daemon::start(&settings, estimators, &model_name).await?;
         let mut rows = Vec::new();
         for &fps in &args.fps {
             let mut latencies = Vec::new();
@@ -224,6 +229,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     .into_iter()
                     .map(|(k, v)| (k, v.mean_ms))
                     .collect(),
+                pose_workers: workers,
+                threads_per_worker: threads,
+                pose_size: format!("{}x{}", settings.pose.width, settings.pose.height),
+                piste_band: settings.pose.piste_band,
             });
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
