@@ -242,8 +242,8 @@ impl YoloPose {
     pub fn load(weights: &Path, opts: PoseOptions) -> Result<Self, ModelError> {
         if opts.input_width == 0
             || opts.input_height == 0
-            || opts.input_width % 32 != 0
-            || opts.input_height % 32 != 0
+            || !opts.input_width.is_multiple_of(32)
+            || !opts.input_height.is_multiple_of(32)
         {
             return Err(ModelError::Input(format!(
                 "input size {}x{} must be positive multiples of 32",

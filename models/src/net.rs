@@ -673,7 +673,7 @@ impl YoloNet {
         width: usize,
         height: usize,
     ) -> Result<Vec<f32>, ModelError> {
-        if width == 0 || height == 0 || width % 32 != 0 || height % 32 != 0 {
+        if width == 0 || height == 0 || !width.is_multiple_of(32) || !height.is_multiple_of(32) {
             return Err(ModelError::Input(format!(
                 "input {width}x{height} is not a multiple of 32"
             )));

@@ -567,7 +567,7 @@ pub unsafe fn dw3x3(
 ) {
     let flops = 18.0 * (h * w * c) as f64;
     let (s, d, wt, b) = (SendPtr(src), SendPtr(dst), SendPtr(wt), SendPtr(bias));
-    let avx = has_avx2() && c % 8 == 0;
+    let avx = has_avx2() && c.is_multiple_of(8);
     par_rows(h, 1, flops, |lo, hi| {
         let (s, d, wt, b) = (s, d, wt, b);
         #[cfg(target_arch = "x86_64")]

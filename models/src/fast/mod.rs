@@ -153,7 +153,7 @@ impl FastYoloPose {
 }
 
 fn check_size(w: usize, h: usize) -> Result<(), ModelError> {
-    if w == 0 || h == 0 || w % 32 != 0 || h % 32 != 0 {
+    if w == 0 || h == 0 || !w.is_multiple_of(32) || !h.is_multiple_of(32) {
         return Err(ModelError::Input(format!(
             "input size {w}x{h} must be positive multiples of 32"
         )));
