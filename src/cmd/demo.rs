@@ -2,7 +2,7 @@
 //! verifies the pose weights if needed, streams a clip with the capture agent over QUIC, and
 //! prints the verdict the moment the signal log lands.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
@@ -45,26 +45,13 @@ pub struct Args {
     reference_pose: bool,
 }
 
-/// Finds the shared data folder next to the working directory or the executable's workspace.
-fn shared_data() -> Option<PathBuf> {
-    let mut candidates = vec![];
-    if let Some(d) = std::env::var_os("REFEREE_SHARED_DIR") {
-        candidates.push(PathBuf::from(d));
-    }
-    candidates.push(PathBuf::from("../shared"));
-    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
-    candidates
-        .into_iter()
-        .find(|d| d.join("data").is_dir() || d.join("models").is_dir())
-}
-
 /// Verified weights in the cache, fetched (and converted) first if needed.
 fn ensure_weights() -> anyhow::Result<PathBuf> {
     let weights = referee_models::default_weights_path();
     if fetch::verify_converted(&weights).is_ok() {
         return Ok(weights);
     }
-    let local = shared_data()
+    let local = super::shared_dir()
         .map(|d| d.join("models/yolo11n-pose.pt"))
         .filter(|p| p.exists());
     let source = match local {
@@ -122,8 +109,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         settings.set(k, &v).context("demo settings")?;
     }
     settings.pose.model = Some(weights);
-    let sample =
-        args.clip.is_none() && shared_data().is_some_and(|d| d.join("data/3809.MP4").exists());
+    let sample = args.clip.is_none()
+        && super::shared_dir().is_some_and(|d| d.join("data/3809.MP4").exists());
     if sample && !args.full_frame {
         settings.set("pose.piste_band", "0.28-0.72")?;
         settings.set("pose.size", "640x192")?;
@@ -136,7 +123,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
 
     let (source, signal, what): (Box<dyn FrameSource>, SignalInput, String) =
-        match (&args.clip, &args.signal, shared_data()) {
+        match (&args.clip, &args.signal, super::shared_dir()) {
             (Some(clip), Some(sig), _) => (
                 referee_capture::source::open_video(clip)
                     .with_context(|| format!("opening {}", clip.display()))?,

@@ -128,3 +128,25 @@ pub fn progress_bar(total: Option<u64>, unit: &str) -> indicatif::ProgressBar {
     }
     bar
 }
+
+/// The shared folder with the sample clip, recordings and checkpoint: `$REFEREE_SHARED_DIR`,
+/// else `../shared` beside the workspace holding the current directory, else `../shared` from
+/// the current directory, else beside the workspace this binary was built in (the first that
+/// holds `data/` or `models/`).
+pub fn shared_dir() -> Option<std::path::PathBuf> {
+    use std::path::{Path, PathBuf};
+    let mut candidates: Vec<PathBuf> = Vec::new();
+    if let Some(d) = std::env::var_os("REFEREE_SHARED_DIR") {
+        candidates.push(PathBuf::from(d));
+    }
+    if let Ok(cwd) = std::env::current_dir() {
+        if let Some(ws) = cwd.ancestors().find(|d| d.join("Cargo.lock").exists()) {
+            candidates.push(ws.join("../shared"));
+        }
+    }
+    candidates.push(PathBuf::from("../shared"));
+    candidates.push(Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared"));
+    candidates
+        .into_iter()
+        .find(|d| d.join("data").is_dir() || d.join("models").is_dir())
+}

@@ -86,9 +86,7 @@ struct Row {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let shared = std::env::var_os("REFEREE_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared")));
+    let shared = crate::cmd::shared_dir().unwrap_or_else(|| PathBuf::from("../shared"));
     let clip = args
         .clip
         .clone()

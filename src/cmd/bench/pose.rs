@@ -122,23 +122,11 @@ fn r2(v: f64) -> f64 {
     (v * 100.0).round() / 100.0
 }
 
-/// The shared sample clip: `$REFEREE_SHARED_DIR/data/3809.MP4`, else `../shared/data/3809.MP4`
-/// next to the first ancestor of the current directory that holds Cargo.lock.
+/// The shared sample clip (`data/3809.MP4` in [`crate::cmd::shared_dir`]), when present.
 pub fn default_clip() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("REFEREE_SHARED_DIR") {
-        let p = PathBuf::from(d).join("data").join("3809.MP4");
-        return p.exists().then_some(p);
-    }
-    let mut dir = std::env::current_dir().ok()?;
-    loop {
-        if dir.join("Cargo.lock").exists() {
-            let p = dir.join("..").join("shared").join("data").join("3809.MP4");
-            return p.exists().then_some(p);
-        }
-        if !dir.pop() {
-            return None;
-        }
-    }
+    crate::cmd::shared_dir()
+        .map(|d| d.join("data").join("3809.MP4"))
+        .filter(|p| p.exists())
 }
 
 /// Up to `n` RGB frames of the video, or None when it cannot be opened/decoded.

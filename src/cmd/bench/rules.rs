@@ -54,10 +54,9 @@ fn dist(mut v: Vec<f64>) -> Dist {
 }
 
 fn default_dir() -> PathBuf {
-    if let Ok(s) = std::env::var("REFEREE_SHARED_DIR") {
-        return PathBuf::from(s).join("data/phrases");
-    }
-    PathBuf::from("../shared/data/phrases")
+    crate::cmd::shared_dir()
+        .unwrap_or_else(|| PathBuf::from("../shared"))
+        .join("data/phrases")
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
