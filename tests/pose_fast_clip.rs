@@ -1,5 +1,6 @@
 //! The fast pose path against the reference on real frames of the shared clip
-//! (../shared/data/3809.MP4): same persons after decode, keypoints within a few pixels.
+//! (../shared/data/3809.MP4): same persons after decode, keypoints within a few pixels; and
+//! the fast path's sparse head (the default) against its dense head on the same frames.
 //!
 //! Tolerance: both paths are f32 and differ only in summation order and the vectorised exp,
 //! so detections far from the score threshold match; a person whose score sits within 1e-3 of
@@ -112,6 +113,9 @@ fn run_size(clip: &Path, w: usize, h: usize, band: Option<(usize, usize, usize)>
     };
     let mut reference = YoloPose::load(&weights(), opts).expect("reference");
     let mut fast = FastYoloPose::load(&weights(), opts).expect("fast");
+    // The whole head computed densely: the sparse head (the default) must give the same persons.
+    let mut dense = FastYoloPose::load(&weights(), opts).expect("fast");
+    dense.set_sparse_head(false);
     let mut total = 0;
     for (i, (fw, fh, rgb)) in frames(clip, 8, 8).into_iter().enumerate() {
         // band as fractions of the frame height (num/den for its top and bottom)
@@ -128,6 +132,14 @@ fn run_size(clip: &Path, w: usize, h: usize, band: Option<(usize, usize, usize)>
             .estimate(std::slice::from_ref(&frame))
             .expect("reference");
         let got = fast.estimate(std::slice::from_ref(&frame)).expect("fast");
+        let got_dense = dense.estimate(std::slice::from_ref(&frame)).expect("dense");
+        assert_eq!(got[0].len(), got_dense[0].len(), "sparse vs dense head");
+        check(
+            &got[0],
+            &got_dense[0],
+            opts.conf_threshold,
+            &format!("{w}x{h} frame {i} sparse vs dense head"),
+        );
         check(
             &got[0],
             &want[0],

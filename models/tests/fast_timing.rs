@@ -15,6 +15,13 @@ use referee_models::{FastYoloPose, PoseOptions, YoloNet};
 fn fast_timing() {
     let weights = common::weights();
     let mut fast = FastYoloPose::load(&weights, PoseOptions::default()).expect("fast");
+    // FAST_THREADS=n: the estimator's own pool of n threads (the forward runs inside it).
+    if let Some(n) = std::env::var("FAST_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        fast.set_threads(n).expect("threads");
+    }
     let sizes = std::env::var("FAST_SIZES").unwrap_or_else(|_| "640x384".into());
     let with_ref = std::env::var_os("FAST_REF").is_some();
     let net = with_ref.then(|| YoloNet::load(&weights).expect("reference"));
@@ -27,10 +34,17 @@ fn fast_timing() {
         fast.forward_raw(&chw, w, h).expect("warm-up");
         let mut times = Vec::new();
         let mut prof = Vec::new();
-        for _ in 0..10 {
+        let reps: usize = std::env::var("FAST_REPS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(10);
+        for _ in 0..reps {
             let t0 = Instant::now();
             fast.forward_raw(&chw, w, h).expect("fast");
             times.push(t0.elapsed().as_secs_f64() * 1e3);
+            if std::env::var_os("FAST_EACH").is_some() {
+                print!("{:.1} ", times[times.len() - 1]);
+            }
             prof.push(fast.last_profile());
         }
         let mut sorted = times.clone();
@@ -77,8 +91,12 @@ fn fast_timing() {
             ops.iter().map(|o| o.secs).sum::<f64>() * 1e3,
             by_kind.map(|v| (v * 1e4).round() / 10.0)
         );
-        ops.sort_by(|a, b| b.secs.total_cmp(&a.secs));
-        for o in ops.iter().take(25) {
+        // FAST_ALL=1: every op in network order; otherwise the 25 slowest.
+        let all = std::env::var_os("FAST_ALL").is_some();
+        if !all {
+            ops.sort_by(|a, b| b.secs.total_cmp(&a.secs));
+        }
+        for o in ops.iter().take(if all { usize::MAX } else { 25 }) {
             println!(
                 "    {:?} k{} ci {:4} out {:?}: {:6.2} ms {:6.1} GFLOP/s",
                 o.kind,

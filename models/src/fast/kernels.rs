@@ -236,7 +236,7 @@ thread_local! {
 /// Threads for one op of `flops` floating-point operations over `rows` rows: small ops run on
 /// the calling thread (waking the pool costs more than it saves).
 fn chunks_for(flops: f64, rows: usize, min_rows: usize) -> usize {
-    let threads = rayon::current_num_threads().max(1);
+    let threads = super::team::current_threads();
     if threads == 1 || flops < 1.5e6 {
         return 1;
     }
@@ -253,8 +253,7 @@ pub fn par_rows(rows: usize, align: usize, flops: f64, f: impl Fn(usize, usize) 
     }
     let per = rows.div_ceil(n).div_ceil(align) * align;
     let n = rows.div_ceil(per);
-    use rayon::prelude::*;
-    (0..n).into_par_iter().for_each(|i| {
+    super::team::par_chunks(n, &|i| {
         let lo = i * per;
         let hi = ((i + 1) * per).min(rows);
         if lo < hi {

@@ -10,7 +10,8 @@
 //!   fused into the epilogue; a scalar kernel runs where AVX2 is missing;
 //! - a depthwise 3x3 kernel vectorised over channels; attention as two GEMMs and a
 //!   vectorised softmax;
-//! - rows of every heavy op split over the rayon pool (both cores).
+//! - rows of every heavy op split over a small spinning thread team (both cores; see
+//!   `team.rs` for why not rayon).
 //!
 //! Why not a candle `CustomOp1`: a custom op must return a freshly allocated, NCHW-contiguous
 //! `CpuStorage` per call, which rules out the arena, the slice-as-concat trick and the
@@ -21,6 +22,7 @@
 mod kernels;
 mod net;
 mod ops;
+mod team;
 mod winograd;
 
 use std::path::Path;
@@ -36,10 +38,12 @@ pub struct FastYoloPose {
     net: net::FastNet,
     opts: PoseOptions,
     arena: ops::Arena,
-    attn: net::AttnBufs,
+    scratch: net::Scratch,
     raw: Vec<f32>,
-    /// Own thread pool (see [`FastYoloPose::set_threads`]); None: rayon's global pool.
-    pool: Option<rayon::ThreadPool>,
+    /// The threads a forward runs on (see [`FastYoloPose::set_threads`]).
+    team: team::Team,
+    /// Head boxes/keypoints only where the class score passes (see [`FastYoloPose::set_sparse_head`]).
+    sparse_head: bool,
 }
 
 impl FastYoloPose {
@@ -50,9 +54,10 @@ impl FastYoloPose {
             net: net::FastNet::load(weights)?,
             opts,
             arena: ops::Arena::default(),
-            attn: net::AttnBufs::default(),
+            scratch: net::Scratch::default(),
             raw: Vec::new(),
-            pool: None,
+            team: new_team(0)?,
+            sparse_head: true,
         })
     }
 
@@ -61,24 +66,27 @@ impl FastYoloPose {
         self.opts
     }
 
-    /// Runs on `n` threads of its own pool (`0`: rayon's global pool, one thread per core).
+    /// Runs each forward on `n` threads, the caller included (`0`: one per core; the default).
     /// On a machine shared with other busy processes, fewer threads can give lower and
     /// steadier latency: every op waits for its slowest chunk, and a preempted thread stalls it.
     pub fn set_threads(&mut self, n: usize) -> Result<(), ModelError> {
-        self.pool = if n == 0 {
-            None
-        } else {
-            Some(
-                rayon::ThreadPoolBuilder::new()
-                    .num_threads(n)
-                    .thread_name(|i| format!("pose-{i}"))
-                    .build()
-                    .map_err(|e| {
-                        ModelError::Input(format!("cannot start {n} pose threads: {e}"))
-                    })?,
-            )
-        };
+        if n != self.team.threads() || n == 0 {
+            self.team = new_team(n)?;
+        }
         Ok(())
+    }
+
+    /// Whether [`PoseEstimator::estimate`] computes the head's box and keypoint branches only
+    /// at anchors whose class score passes the confidence threshold (default: on). The
+    /// persons are the same either way (they come from those anchors only); off runs the
+    /// whole head densely, as [`FastYoloPose::forward_raw`] always does.
+    pub fn set_sparse_head(&mut self, on: bool) {
+        self.sparse_head = on;
+    }
+
+    /// Threads each forward runs on.
+    pub fn threads(&self) -> usize {
+        self.team.threads()
     }
 
     /// Changes the input size (any positive multiple of 32); buffers grow on the next frame.
@@ -97,7 +105,7 @@ impl FastYoloPose {
         width: usize,
         height: usize,
     ) -> Result<&[f32], ModelError> {
-        self.run(chw, width, height, None)?;
+        self.run(chw, width, height, None, None)?;
         Ok(&self.raw)
     }
 
@@ -127,6 +135,7 @@ impl FastYoloPose {
         width: usize,
         height: usize,
         min_logit: Option<f32>,
+        head_logit: Option<f32>,
     ) -> Result<(), ModelError> {
         check_size(width, height)?;
         if chw.len() != 3 * width * height {
@@ -136,20 +145,28 @@ impl FastYoloPose {
             )));
         }
         let t0 = Instant::now();
-        let (model, arena, attn, raw) = (&self.net, &mut self.arena, &mut self.attn, &mut self.raw);
-        let mut work = move || -> Result<(), ModelError> {
+        let (model, arena, scratch, raw) =
+            (&self.net, &mut self.arena, &mut self.scratch, &mut self.raw);
+        let work = move || -> Result<(), ModelError> {
             arena.reset();
-            let outs = model.features(arena, attn, chw, width, height)?;
+            let outs = model.features(arena, scratch, chw, width, height, head_logit)?;
             net::decode_timed(arena, &outs, min_logit, raw);
             Ok(())
         };
-        match &self.pool {
-            Some(p) => p.install(work)?,
-            None => work()?,
-        }
+        team::install(&self.team, work)?;
         self.arena.prof.total_s = t0.elapsed().as_secs_f64();
         Ok(())
     }
+}
+
+/// A team of `n` threads (`0`: one per core).
+fn new_team(n: usize) -> Result<team::Team, ModelError> {
+    let n = if n == 0 {
+        std::thread::available_parallelism().map_or(1, |p| p.get())
+    } else {
+        n
+    };
+    team::Team::new(n).map_err(|e| ModelError::Input(format!("cannot start {n} pose threads: {e}")))
 }
 
 fn check_size(w: usize, h: usize) -> Result<(), ModelError> {
@@ -171,8 +188,9 @@ impl PoseEstimator for FastYoloPose {
         let thr = self.opts.conf_threshold;
         // score > thr  <=>  logit > ln(thr / (1 - thr)); skip the box/keypoint decode of the rest.
         let min_logit = (thr > 0.0 && thr < 1.0).then(|| (thr / (1.0 - thr)).ln() - 1e-3);
+        let head_logit = min_logit.filter(|_| self.sparse_head);
         for f in batch {
-            self.run(&f.chw, f.width, f.height, min_logit)?;
+            self.run(&f.chw, f.width, f.height, min_logit, head_logit)?;
             let a = self.raw.len() / crate::decode::RAW_ROWS;
             let mut persons = decode_raw(&self.raw, a, thr, self.opts.iou_threshold);
             for p in &mut persons {

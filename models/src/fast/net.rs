@@ -355,7 +355,7 @@ impl C2psa {
     fn forward(
         &self,
         ar: &mut Arena,
-        bufs: &mut AttnBufs,
+        bufs: &mut Scratch,
         x: View,
         out: View,
     ) -> Result<(), ModelError> {
@@ -375,15 +375,21 @@ impl C2psa {
     }
 }
 
-/// Runtime-packed K^T and V of the attention (reused across frames).
+/// Buffers outside the arena, reused across frames: the attention's runtime-packed K^T and
+/// V, and the head's anchor lists.
 #[derive(Default)]
-pub struct AttnBufs {
+pub struct Scratch {
     k: PackedB,
     v: PackedB,
+    /// Anchors of one head level whose class logit passes the threshold.
+    sel: Vec<u32>,
+    /// Those anchors and their 8 neighbours.
+    near: Vec<u32>,
+    mark: Vec<bool>,
 }
 
 /// `b += proj(attn(b) + pe(v))`, in place.
-fn attention(ar: &mut Arena, bufs: &mut AttnBufs, a: &Psa, b: View) -> Result<(), ModelError> {
+fn attention(ar: &mut Arena, bufs: &mut Scratch, a: &Psa, b: View) -> Result<(), ModelError> {
     ar.scoped(|ar| {
         let (h, w, n) = (b.h, b.w, b.pixels());
         let per = 2 * a.key_dim + a.head_dim;
@@ -458,34 +464,20 @@ impl HeadLevel {
         Ok(s)
     }
 
-    /// Writes `[box 64 | kpt 51 | cls 1]` per pixel of `f` into `out`.
-    fn forward(&self, ar: &mut Arena, f: View, out: View) -> Result<(), ModelError> {
+    /// Writes `[box 64 | kpt 51 | cls 1]` per pixel of `f` into `out`. With `min_logit`, the
+    /// box and keypoint channels are computed only at anchors whose class logit is above it
+    /// (the only ones decoded; see [`decode`]), unless so many pass that dense is cheaper.
+    fn forward(
+        &self,
+        ar: &mut Arena,
+        scratch: &mut Scratch,
+        f: View,
+        out: View,
+        min_logit: Option<f32>,
+    ) -> Result<(), ModelError> {
         ar.scoped(|ar| {
             let (h, w) = (f.h, f.w);
-            let (cb, ck) = (self.box1.ci, self.kpt1.ci);
-            let t1 = ar.alloc(h, w, cb + ck);
-            ar.conv(&self.first, f, t1, None)?;
-            let t2 = ar.alloc(h, w, self.box1.co + self.kpt1.co);
-            ar.conv(&self.box1, t1.ch(0, cb), t2.ch(0, self.box1.co), None)?;
-            ar.conv(
-                &self.kpt1,
-                t1.ch(cb, ck),
-                t2.ch(self.box1.co, self.kpt1.co),
-                None,
-            )?;
-            ar.conv(
-                &self.box2,
-                t2.ch(0, self.box1.co),
-                out.ch(0, 4 * REG_MAX),
-                None,
-            )?;
-            let kin = t2.ch(self.box1.co, self.kpt1.co);
-            ar.conv(
-                &self.kpt2,
-                kin,
-                out.ch(4 * REG_MAX, 3 * NUM_KEYPOINTS),
-                None,
-            )?;
+            // class branch first: it decides where the rest is needed
             let c0 = ar.alloc(h, w, self.cls_dw0.c);
             ar.dw(&self.cls_dw0, 0, f, c0)?;
             let c1 = ar.alloc(h, w, self.cls_pw0.co);
@@ -494,9 +486,64 @@ impl HeadLevel {
             ar.dw(&self.cls_dw1, 0, c1, c2)?;
             let c3 = ar.alloc(h, w, self.cls_pw1.co);
             ar.conv(&self.cls_pw1, c2, c3, None)?;
-            ar.conv(&self.cls_out, c3, out.ch(HEAD_C - 1, 1), None)
+            ar.conv(&self.cls_out, c3, out.ch(HEAD_C - 1, 1), None)?;
+
+            let (cb, ck) = (self.box1.ci, self.kpt1.ci);
+            let t1 = ar.alloc(h, w, cb + ck);
+            let t2 = ar.alloc(h, w, self.box1.co + self.kpt1.co);
+            let (b1, k1) = (t1.ch(0, cb), t1.ch(cb, ck));
+            let (b2, k2) = (t2.ch(0, self.box1.co), t2.ch(self.box1.co, self.kpt1.co));
+            let (ob, ok) = (
+                out.ch(0, 4 * REG_MAX),
+                out.ch(4 * REG_MAX, 3 * NUM_KEYPOINTS),
+            );
+            if let Some(m) = min_logit {
+                select(ar, out.ch(HEAD_C - 1, 1), m, scratch);
+                // Dense GEMMs (and Winograd) beat gathered patches once many pixels are needed.
+                if 4 * scratch.near.len() < h * w {
+                    let (sel, near) = (&scratch.sel, &scratch.near);
+                    if !sel.is_empty() {
+                        ar.conv_at(&self.first, f, t1, near)?;
+                        ar.conv_at(&self.box1, b1, b2, sel)?;
+                        ar.conv_at(&self.kpt1, k1, k2, sel)?;
+                        ar.conv_at(&self.box2, b2, ob, sel)?;
+                        ar.conv_at(&self.kpt2, k2, ok, sel)?;
+                    }
+                    return Ok(());
+                }
+            }
+            ar.conv(&self.first, f, t1, None)?;
+            ar.conv(&self.box1, b1, b2, None)?;
+            ar.conv(&self.kpt1, k1, k2, None)?;
+            ar.conv(&self.box2, b2, ob, None)?;
+            ar.conv(&self.kpt2, k2, ok, None)
         })
     }
+}
+
+/// Fills `scratch.sel` with the pixels of the one-channel `logits` above `m` and
+/// `scratch.near` with those pixels and their in-image 3x3 neighbours (both ascending).
+fn select(ar: &Arena, logits: View, m: f32, scratch: &mut Scratch) {
+    let (h, w) = (logits.h, logits.w);
+    let d = ar.data();
+    scratch.sel.clear();
+    scratch.near.clear();
+    scratch.mark.clear();
+    scratch.mark.resize(h * w, false);
+    for p in 0..h * w {
+        if d[logits.off + p * logits.ld] > m {
+            scratch.sel.push(p as u32);
+            let (y, x) = (p / w, p % w);
+            for ny in y.saturating_sub(1)..(y + 2).min(h) {
+                for nx in x.saturating_sub(1)..(x + 2).min(w) {
+                    scratch.mark[ny * w + nx] = true;
+                }
+            }
+        }
+    }
+    scratch
+        .near
+        .extend((0..h * w).filter(|&p| scratch.mark[p]).map(|p| p as u32));
 }
 
 /// The YOLO11-pose network for the fast path.
@@ -608,13 +655,16 @@ impl FastNet {
 
     /// Backbone + neck + head into `ar`; returns the three head outputs (`HEAD_C` channels per
     /// pixel, strides 8, 16, 32).
+    /// With `min_logit`, the head computes boxes and keypoints only where the class logit is
+    /// above it (see [`HeadLevel::forward`]).
     pub fn features(
         &self,
         ar: &mut Arena,
-        bufs: &mut AttnBufs,
+        bufs: &mut Scratch,
         chw: &[f32],
         width: usize,
         height: usize,
+        min_logit: Option<f32>,
     ) -> Result<[View; 3], ModelError> {
         let (h2, w2) = (height / 2, width / 2);
         let (h4, w4) = (height / 4, width / 4);
@@ -675,7 +725,7 @@ impl FastNet {
         let mut outs = [p16; 3];
         for (i, f) in [p16, p19, p22].into_iter().enumerate() {
             let o = ar.alloc(f.h, f.w, HEAD_C);
-            self.head[i].forward(ar, f, o)?;
+            self.head[i].forward(ar, bufs, f, o, min_logit)?;
             outs[i] = o;
         }
         Ok(outs)

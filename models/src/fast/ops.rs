@@ -123,6 +123,9 @@ pub struct Arena {
     pub ops: Vec<OpRecord>,
     /// Record every op into [`Arena::ops`].
     pub trace: bool,
+    /// Gathered patches and their outputs for [`Arena::conv_at`] (grow only).
+    gather: Vec<f32>,
+    gathered_out: Vec<f32>,
 }
 
 /// One op of a traced forward.
@@ -414,6 +417,78 @@ impl Arena {
             cw.k * 10 + cw.stride,
             cw.ci,
         );
+        Ok(())
+    }
+
+    /// [`Arena::conv`] (stride 1) at the output pixels `at` only (indices `y * w + x`); the
+    /// other pixels of `dst` are left as they were. For the pose head, whose box and keypoint
+    /// branches are needed only where the class score passes the threshold.
+    pub fn conv_at(
+        &mut self,
+        cw: &ConvW,
+        src: View,
+        dst: View,
+        at: &[u32],
+    ) -> Result<(), ModelError> {
+        self.check(&src, "conv input")?;
+        self.check(&dst, "conv output")?;
+        if cw.stride != 1
+            || src.c != cw.ci
+            || dst.c != cw.co
+            || (src.h, src.w) != (dst.h, dst.w)
+            || !dst.disjoint(&src)
+        {
+            return Err(bad(format!(
+                "sparse conv {}x{} s{} {}->{}: input {src:?} output {dst:?}",
+                cw.k, cw.k, cw.stride, cw.ci, cw.co
+            )));
+        }
+        let (h, w) = (dst.h, dst.w);
+        if let Some(p) = at.iter().find(|&&p| p as usize >= h * w) {
+            return Err(bad(format!("sparse conv pixel {p} outside {h}x{w}")));
+        }
+        let t0 = Instant::now();
+        let (k, ci, co, n) = (cw.k, cw.ci, cw.co, at.len());
+        let kk = k * k * ci;
+        let pad = k / 2;
+        if self.gather.len() < n * kk {
+            self.gather.resize(n * kk, 0.0);
+        }
+        if self.gathered_out.len() < n * co {
+            self.gathered_out.resize(n * co, 0.0);
+        }
+        for (row, &p) in self.gather.chunks_exact_mut(kk).zip(at) {
+            let (y, x) = (p as usize / w, p as usize % w);
+            for ky in 0..k {
+                for kx in 0..k {
+                    let out = &mut row[(ky * k + kx) * ci..(ky * k + kx + 1) * ci];
+                    let (iy, ix) = ((y + ky).wrapping_sub(pad), (x + kx).wrapping_sub(pad));
+                    if iy < h && ix < w {
+                        let o = src.off + (iy * w + ix) * src.ld;
+                        out.copy_from_slice(&self.data[o..o + ci]);
+                    } else {
+                        out.fill(0.0);
+                    }
+                }
+            }
+        }
+        let a = ASrc::Direct {
+            ptr: self.gather.as_ptr(),
+            ld: kk,
+        };
+        let epi = Epilogue {
+            silu: cw.act,
+            residual: None,
+        };
+        // SAFETY: A is `n` gathered rows of `kk` floats, C `n` rows of `co` floats: both sized
+        // above and separate allocations, so C overlaps neither A nor a residual (none).
+        unsafe { kernels::gemm(n, a, &cw.b, self.gathered_out.as_mut_ptr(), co, epi) };
+        for (vals, &p) in self.gathered_out.chunks_exact(co).zip(at) {
+            let o = dst.off + p as usize * dst.ld;
+            self.data[o..o + co].copy_from_slice(vals);
+        }
+        let kind = if k == 1 { Kind::Conv1x1 } else { Kind::Conv3x3 };
+        self.record_op(kind, t0, cw.flops(n), (n, 1, co), k * 10 + 1, ci);
         Ok(())
     }
 
@@ -742,5 +817,55 @@ mod tests {
         ar.upsample2(x, u).expect("up");
         // (3, 5) in the output is (1, 2) in the input -> 6
         assert_eq!(ar.data[u.off + (3 * 8 + 5) * 2], 6.0);
+    }
+
+    #[test]
+    fn conv_at_matches_the_dense_conv_at_its_pixels() {
+        // 3x3 (Winograd-capable shape and not) and 1x1, with and without SiLU, on a channel
+        // slice, border and interior pixels; other pixels of the output stay untouched.
+        for (k, ci, co, act) in [(3, 16, 24, true), (3, 5, 7, false), (1, 12, 20, true)] {
+            let (h, w) = (7, 9);
+            let mut ar = Arena::default();
+            let x = ar.alloc(h, w, ci + 3);
+            let dense = ar.alloc(h, w, co);
+            let sparse = ar.alloc(h, w, co);
+            let mut seed = 12345u32;
+            let mut rnd = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
+            };
+            for i in x.off..x.off + h * w * (ci + 3) {
+                ar.data[i] = rnd();
+            }
+            let wt: Vec<f32> = (0..co * ci * k * k).map(|_| rnd()).collect();
+            let bias: Vec<f32> = (0..co).map(|_| rnd()).collect();
+            let cw = ConvW::new(&wt, co, ci, k, &bias, 1, act);
+            let src = x.ch(3, ci);
+            ar.conv(&cw, src, dense, None).expect("dense");
+            for i in sparse.off..sparse.off + h * w * co {
+                ar.data[i] = 99.0;
+            }
+            let at = [0u32, 4, 10, 31, 62];
+            ar.conv_at(&cw, src, sparse, &at).expect("sparse");
+            for p in 0..h * w {
+                for c in 0..co {
+                    let (d, s) = (
+                        ar.data[dense.off + p * co + c],
+                        ar.data[sparse.off + p * co + c],
+                    );
+                    if at.contains(&(p as u32)) {
+                        assert!(
+                            (d - s).abs() <= 1e-4 * (1.0 + d.abs()),
+                            "k{k} pixel {p} ch {c}: {s} vs {d}"
+                        );
+                    } else {
+                        assert_eq!(s, 99.0, "pixel {p} was not asked for");
+                    }
+                }
+            }
+            assert!(ar.conv_at(&cw, src, sparse, &[(h * w) as u32]).is_err());
+        }
     }
 }
