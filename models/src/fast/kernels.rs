@@ -109,7 +109,7 @@ impl PackedB {
 }
 
 /// First-layer convolution straight from planar (CHW) input: k x k, any stride, pad k/2,
-/// at most [`NR`] output channels, 4 output pixels at a time (8 accumulators), fused bias and
+/// at most [`NR`] output channels, 6 output pixels at a time (12 accumulators), fused bias and
 /// SiLU. Avoids materialising an im2col with 3-float runs.
 ///
 /// # Safety
@@ -237,10 +237,10 @@ thread_local! {
 /// the calling thread (waking the pool costs more than it saves).
 fn chunks_for(flops: f64, rows: usize, min_rows: usize) -> usize {
     let threads = super::team::current_threads();
-    if threads == 1 || flops < 1.5e6 {
+    if threads == 1 || flops < 0.5e6 {
         return 1;
     }
-    (rows / min_rows.max(1)).clamp(1, 4 * threads)
+    (rows / min_rows.max(1)).clamp(1, 8 * threads)
 }
 
 /// Runs `f(lo, hi)` over `0..rows` split into chunks (multiples of `align`), in parallel when
@@ -304,10 +304,13 @@ pub(crate) unsafe fn gemm_rows(
         if matches!(a, ASrc::Im2col(_)) && buf.len() < MC * KC {
             buf.resize(MC * KC, 0.0);
         }
+        // K blocks of equal size (576 = 2 x 288, not 512 + 64: a thin last block pays the C
+        // reload for few FMAs).
+        let kb = k.div_ceil(k.div_ceil(KC).max(1)).max(1);
         let mut k0 = 0;
         // k == 0 still needs one pass for the bias/epilogue.
         loop {
-            let kc = KC.min(k - k0);
+            let kc = kb.min(k - k0);
             let first = k0 == 0;
             let last = k0 + kc == k;
             let mut mb = m0;
@@ -581,36 +584,6 @@ pub unsafe fn dw3x3(
     });
 }
 
-/// Max pool 5x5, stride 1, padding 2 (the padding never wins), NHWC.
-///
-/// # Safety
-/// `src` (h*w pixels at stride `lds`, `c` channels) readable, `dst` (stride `ldd`) writable,
-/// not overlapping.
-pub unsafe fn maxpool5(
-    src: *const f32,
-    lds: usize,
-    dst: *mut f32,
-    ldd: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-) {
-    for y in 0..h {
-        for x in 0..w {
-            let d = dst.add((y * w + x) * ldd);
-            std::ptr::copy_nonoverlapping(src.add((y * w + x) * lds), d, c);
-            for iy in y.saturating_sub(2)..(y + 3).min(h) {
-                for ix in x.saturating_sub(2)..(x + 3).min(w) {
-                    let s = src.add((iy * w + ix) * lds);
-                    for ch in 0..c {
-                        *d.add(ch) = (*d.add(ch)).max(*s.add(ch));
-                    }
-                }
-            }
-        }
-    }
-}
-
 /// In-place softmax of each row of `x` (`rows x n`, stride `ld`), multi-threaded.
 pub fn softmax_rows(x: &mut [f32], rows: usize, n: usize, ld: usize) {
     if rows == 0 || n == 0 || x.len() < (rows - 1) * ld + n {
@@ -811,38 +784,48 @@ pub(crate) mod avx {
         ow: usize,
         rows: (usize, usize),
     ) {
-        const P: usize = 4;
-        let pad = (k / 2) as isize;
+        // 6 pixels x 16 channels: 12 accumulators, like the GEMM micro-kernel.
+        const P: usize = 6;
+        let pad = k / 2;
         let plane = ih * iw;
         let (b0, b1) = (_mm256_loadu_ps(bias), _mm256_loadu_ps(bias.add(8)));
         for oy in rows.0..rows.1 {
+            // taps ky with 0 <= oy*stride + ky - pad < ih
+            let top = oy * stride;
+            let ky_lo = pad.saturating_sub(top);
+            let ky_hi = k.min((ih + pad).saturating_sub(top));
             let mut ox = 0;
             while ox < ow {
                 let np = P.min(ow - ox);
                 let mut a0 = [b0; P];
                 let mut a1 = [b1; P];
-                for ky in 0..k {
-                    let iy = (oy * stride + ky) as isize - pad;
-                    if iy < 0 || iy as usize >= ih {
-                        continue;
-                    }
-                    let row = src.add(iy as usize * iw);
+                let left = ox * stride;
+                // every tap of the P pixels inside the row: no per-element checks
+                let interior = np == P && left >= pad && left + (P - 1) * stride + k - pad <= iw;
+                for ky in ky_lo..ky_hi {
+                    let row = src.add((top + ky - pad) * iw);
                     for kx in 0..k {
                         let wrow = w.add((ky * k + kx) * ci * NR);
                         for c in 0..ci {
                             let wv0 = _mm256_loadu_ps(wrow.add(c * NR));
                             let wv1 = _mm256_loadu_ps(wrow.add(c * NR + 8));
                             let pl = row.add(c * plane);
-                            for r in 0..P {
-                                let ix = ((ox + r) * stride + kx) as isize - pad;
-                                let v = if r < np && ix >= 0 && (ix as usize) < iw {
-                                    *pl.add(ix as usize)
-                                } else {
-                                    0.0
-                                };
-                                let vv = _mm256_set1_ps(v);
-                                a0[r] = _mm256_fmadd_ps(vv, wv0, a0[r]);
-                                a1[r] = _mm256_fmadd_ps(vv, wv1, a1[r]);
+                            if interior {
+                                let first = pl.add(left + kx - pad);
+                                for r in 0..P {
+                                    let vv = _mm256_broadcast_ss(&*first.add(r * stride));
+                                    a0[r] = _mm256_fmadd_ps(vv, wv0, a0[r]);
+                                    a1[r] = _mm256_fmadd_ps(vv, wv1, a1[r]);
+                                }
+                            } else {
+                                for r in 0..np {
+                                    let ix = ((ox + r) * stride + kx).wrapping_sub(pad);
+                                    if ix < iw {
+                                        let vv = _mm256_broadcast_ss(&*pl.add(ix));
+                                        a0[r] = _mm256_fmadd_ps(vv, wv0, a0[r]);
+                                        a1[r] = _mm256_fmadd_ps(vv, wv1, a1[r]);
+                                    }
+                                }
                             }
                         }
                     }
@@ -1238,6 +1221,10 @@ mod tests {
             (10, 14, 3, 16, 3, 2),
             (9, 7, 3, 13, 3, 2),
             (6, 11, 2, 16, 3, 1),
+            // wide enough for the interior path (6 pixels without border checks)
+            (12, 40, 3, 16, 3, 2),
+            (7, 29, 3, 16, 3, 1),
+            (11, 37, 3, 16, 5, 2),
         ] {
             let x = rand_vec(ih * iw * ci, 4);
             let mut planar = vec![0f32; x.len()];

@@ -672,10 +672,8 @@ impl FastNet {
         let (h16, w16) = (height / 16, width / 16);
         let (h32, w32) = (height / 32, width / 32);
         ar.stage = 0;
-        let x = ar.alloc(height, width, 3);
-        ar.load_planar(chw, x)?;
         let x0 = ar.alloc(h2, w2, self.co(0)?);
-        ar.conv_planar(self.conv(0)?, x, x0)?;
+        ar.conv_planar(self.conv(0)?, chw, height, width, x0)?;
         let x1 = ar.alloc(h4, w4, self.co(1)?);
         ar.conv(self.conv(1)?, x0, x1, None)?;
         let x2 = ar.alloc(h4, w4, self.co(2)?);

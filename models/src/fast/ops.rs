@@ -145,6 +145,14 @@ pub struct OpRecord {
     pub secs: f64,
 }
 
+/// `d = max(d, s)` elementwise (written so that it vectorises).
+fn max_into(d: &mut [f32], s: &[f32]) {
+    // an unconditional select (not a conditional store) becomes vmaxps
+    for (d, &s) in d.iter_mut().zip(s) {
+        *d = if s > *d { s } else { *d };
+    }
+}
+
 fn bad(msg: String) -> ModelError {
     ModelError::Input(format!("fast path: {msg}"))
 }
@@ -252,26 +260,27 @@ impl Arena {
         dst: View,
         res: Option<View>,
     ) -> Result<(), ModelError> {
-        self.conv_impl(cw, src, dst, res, false)
+        self.conv_impl(cw, src, dst, res, None)
     }
 
-    /// Writes a CHW image into `dst` (an `h x w x c` allocation) as is, for [`Arena::conv_planar`].
-    pub fn load_planar(&mut self, chw: &[f32], dst: View) -> Result<(), ModelError> {
-        self.check(&dst, "input")?;
-        let n = dst.c * dst.pixels();
-        if chw.len() != n || dst.ld != dst.c {
-            return Err(bad(format!("input has {} values, expected {n}", chw.len())));
-        }
-        let t0 = Instant::now();
-        self.data[dst.off..dst.off + n].copy_from_slice(chw);
-        self.record(Kind::Other, t0, 0.0);
-        Ok(())
-    }
-
-    /// [`Arena::conv`] whose input was written by [`Arena::load_planar`] (first layer: the
-    /// im2col gathers straight from the CHW planes).
-    pub fn conv_planar(&mut self, cw: &ConvW, src: View, dst: View) -> Result<(), ModelError> {
-        self.conv_impl(cw, src, dst, None, true)
+    /// [`Arena::conv`] of the CHW image `chw` (`cw.ci` planes of `h x w`, outside the arena):
+    /// the first layer reads the caller's planes directly, no NHWC copy.
+    pub fn conv_planar(
+        &mut self,
+        cw: &ConvW,
+        chw: &[f32],
+        h: usize,
+        w: usize,
+        dst: View,
+    ) -> Result<(), ModelError> {
+        let src = View {
+            off: 0,
+            h,
+            w,
+            ld: cw.ci,
+            c: cw.ci,
+        };
+        self.conv_impl(cw, src, dst, None, Some(chw))
     }
 
     fn conv_impl(
@@ -280,14 +289,21 @@ impl Arena {
         src: View,
         dst: View,
         res: Option<View>,
-        planar: bool,
+        planar: Option<&[f32]>,
     ) -> Result<(), ModelError> {
-        if planar && (src.ld != src.c || cw.k == 1) {
-            return Err(bad(format!(
-                "planar input {src:?} must be a dense allocation, k > 1"
-            )));
+        match planar {
+            // outside the arena (a shared borrow, so disjoint from it): only its size to check
+            Some(chw) => {
+                if chw.len() != src.c * src.pixels() || cw.k == 1 {
+                    return Err(bad(format!(
+                        "planar input of {} values for {src:?} (k = {})",
+                        chw.len(),
+                        cw.k
+                    )));
+                }
+            }
+            None => self.check(&src, "conv input")?,
         }
-        self.check(&src, "conv input")?;
         self.check(&dst, "conv output")?;
         let pad = cw.k / 2;
         let oh = (src.h + 2 * pad).saturating_sub(cw.k) / cw.stride + 1;
@@ -298,7 +314,7 @@ impl Arena {
                 cw.k, cw.k, cw.stride, cw.ci, cw.co
             )));
         }
-        if !dst.disjoint(&src) {
+        if planar.is_none() && !dst.disjoint(&src) {
             return Err(bad(format!(
                 "conv output {dst:?} overlaps its input {src:?}"
             )));
@@ -311,6 +327,12 @@ impl Arena {
         }
         let t0 = Instant::now();
         let base = self.data.as_mut_ptr();
+        // SAFETY: in bounds (checked above).
+        let sp: *const f32 = match planar {
+            Some(x) => x.as_ptr(),
+            None => unsafe { base.add(src.off) },
+        };
+        let planar = planar.is_some();
         if let (Some(wn), false) = (&cw.wino, planar) {
             let epi = Epilogue {
                 silu: cw.act,
@@ -321,16 +343,7 @@ impl Arena {
             // and disjoint from or equal to the residual; `wino` exists only when
             // `winograd::supported(ci, co)`; stride 1, pad 1 (k = 3).
             unsafe {
-                winograd::conv3x3(
-                    base.add(src.off),
-                    src.ld,
-                    src.h,
-                    src.w,
-                    wn,
-                    base.add(dst.off),
-                    dst.ld,
-                    epi,
-                )
+                winograd::conv3x3(sp, src.ld, src.h, src.w, wn, base.add(dst.off), dst.ld, epi)
             };
             let out = (dst.h, dst.w, dst.c);
             self.record_op(Kind::Conv3x3, t0, cw.flops(dst.pixels()), out, 39, cw.ci);
@@ -338,12 +351,13 @@ impl Arena {
         }
         if planar && cw.co <= kernels::NR && kernels::has_avx2() {
             if let Some((panel, pb)) = cw.b.panel(0) {
-                // SAFETY: the planar input (c planes of h*w, the dense allocation checked in
-                // bounds) and the output view are inside the arena and disjoint; the panel has
-                // k*k*ci rows of NR and the bias NR floats; co <= NR; AVX2 checked.
+                // SAFETY: the planar input (c planes of h*w, its length checked) is the
+                // caller's slice, the output view is inside the arena (checked), so they are
+                // disjoint; the panel has k*k*ci rows of NR and the bias NR floats; co <= NR;
+                // AVX2 checked.
                 unsafe {
                     kernels::conv_planar_direct(
-                        base.add(src.off),
+                        sp,
                         src.h,
                         src.w,
                         src.c,
@@ -371,17 +385,16 @@ impl Arena {
                 return Ok(());
             }
         }
-        // SAFETY: `base` is valid for the arena; the views were checked in bounds above.
-        let a = unsafe {
+        let a = {
             if cw.k == 1 && cw.stride == 1 {
                 ASrc::Direct {
-                    ptr: base.add(src.off),
+                    ptr: sp,
                     ld: src.ld,
                 }
             } else {
                 ASrc::Im2col(Im2col {
-                    ptr: base.add(src.off),
-                    // planar: the dense h x w x c allocation holds c planes of h*w
+                    ptr: sp,
+                    // planar: c planes of h*w
                     ld: if planar { src.pixels() } else { src.ld },
                     ih: src.h,
                     iw: src.w,
@@ -534,23 +547,47 @@ impl Arena {
     pub fn maxpool5(&mut self, src: View, dst: View) -> Result<(), ModelError> {
         self.check(&src, "pool input")?;
         self.check(&dst, "pool output")?;
-        if src.h != dst.h || src.w != dst.w || src.c != dst.c || !dst.disjoint(&src) {
+        // (the temporary goes on top of the arena: both views must lie below it)
+        if src.h != dst.h
+            || src.w != dst.w
+            || src.c != dst.c
+            || !dst.disjoint(&src)
+            || src.end().max(dst.end()) > self.top
+        {
             return Err(bad(format!("maxpool: input {src:?} output {dst:?}")));
         }
         let t0 = Instant::now();
-        let base = self.data.as_mut_ptr();
-        // SAFETY: both views checked in bounds and disjoint.
-        unsafe {
-            kernels::maxpool5(
-                base.add(src.off),
-                src.ld,
-                base.add(dst.off),
-                dst.ld,
-                src.h,
-                src.w,
-                src.c,
-            )
-        };
+        // Separable: max over 5 columns into a temporary, then over 5 rows of it.
+        let (h, w, c) = (src.h, src.w, src.c);
+        let mark = self.top;
+        let tmp = self.alloc(h, w, c);
+        {
+            let (lower, upper) = self.data.split_at_mut(tmp.off);
+            for y in 0..h {
+                for x in 0..w {
+                    let t = &mut upper[(y * w + x) * c..(y * w + x + 1) * c];
+                    let first = src.off + (y * w + x.saturating_sub(2)) * src.ld;
+                    t.copy_from_slice(&lower[first..first + c]);
+                    for ix in x.saturating_sub(2) + 1..(x + 3).min(w) {
+                        let o = src.off + (y * w + ix) * src.ld;
+                        max_into(t, &lower[o..o + c]);
+                    }
+                }
+            }
+            for y in 0..h {
+                for x in 0..w {
+                    let d = dst.off + (y * w + x) * dst.ld;
+                    let d = &mut lower[d..d + c];
+                    let first = (y.saturating_sub(2) * w + x) * c;
+                    d.copy_from_slice(&upper[first..first + c]);
+                    for iy in y.saturating_sub(2) + 1..(y + 3).min(h) {
+                        let o = (iy * w + x) * c;
+                        max_into(d, &upper[o..o + c]);
+                    }
+                }
+            }
+        }
+        self.top = mark;
         self.record(Kind::Other, t0, 0.0);
         Ok(())
     }
@@ -815,6 +852,36 @@ mod tests {
         assert_eq!(ar.data[y.off], 10.0);
         assert_eq!(ar.data[y.off + 1], 0.0);
         ar.upsample2(x, u).expect("up");
+        // against a direct 5x5 window on a larger random input, channel slices with a stride
+        let (h, w, c) = (7, 9, 5);
+        let big = ar.alloc(h, w, 2 * c + 1);
+        let mut seed = 7u32;
+        for i in big.off..big.off + h * w * (2 * c + 1) {
+            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+            ar.data[i] = (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
+        }
+        let (s, d) = (big.ch(0, c), big.ch(c + 1, c));
+        ar.maxpool5(s, d).expect("pool");
+        for y in 0..h {
+            for x in 0..w {
+                for ch in 0..c {
+                    let mut m = f32::NEG_INFINITY;
+                    for iy in y.saturating_sub(2)..(y + 3).min(h) {
+                        for ix in x.saturating_sub(2)..(x + 3).min(w) {
+                            m = m.max(ar.data[s.off + (iy * w + ix) * s.ld + ch]);
+                        }
+                    }
+                    assert_eq!(
+                        ar.data[d.off + (y * w + x) * d.ld + ch],
+                        m,
+                        "({y}, {x}, {ch})"
+                    );
+                }
+            }
+        }
+        // a view above the arena's top is refused (the temporary would overlap it)
+        let top = View { off: ar.top, ..y };
+        assert!(ar.maxpool5(x, top).is_err());
         // (3, 5) in the output is (1, 2) in the input -> 6
         assert_eq!(ar.data[u.off + (3 * 8 + 5) * 2], 6.0);
     }
