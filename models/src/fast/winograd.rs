@@ -111,7 +111,11 @@ pub unsafe fn conv3x3(
 ) {
     let (th, tw) = (h.div_ceil(2), w.div_ceil(2));
     let tiles = th * tw;
-    let tb = block_tiles(wt.cip, wt.cop);
+    // Blocks small enough that every thread gets a few (small maps have fewer tiles than
+    // one cache-sized block), never below one micro-tile height.
+    let threads = super::team::current_threads();
+    let per_thread = tiles.div_ceil(4 * threads).div_ceil(6) * 6;
+    let tb = block_tiles(wt.cip, wt.cop).min(per_thread.max(6));
     let flops = 2.0 * (tiles * 16 * wt.cip * wt.cop) as f64;
     let (s, d, e) = (SendPtr(src), SendPtr(dst), SendPtr(epi));
     kernels::par_rows(tiles, tb, flops, |lo, hi| {
