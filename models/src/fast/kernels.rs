@@ -589,6 +589,40 @@ pub unsafe fn dw3x3(
     });
 }
 
+/// Nearest-neighbour 2x upsampling of `h x w` pixels (`c` channels at stride `lds`) into
+/// `2h x 2w` pixels at stride `ldd`, output rows split over the team.
+///
+/// # Safety
+/// `src` readable and `dst` writable for those pixels; they must not overlap.
+pub unsafe fn upsample2(
+    src: *const f32,
+    lds: usize,
+    h: usize,
+    w: usize,
+    c: usize,
+    dst: *mut f32,
+    ldd: usize,
+) {
+    let (s, d) = (SendPtr(src), SendPtr(dst));
+    // cost in "flops" for the parallel threshold: a copied float counts like 4 FLOPs
+    par_rows(2 * h, 1, (16 * h * w * c) as f64, |lo, hi| {
+        let (s, d) = (s.get(), d.get());
+        for y in lo..hi {
+            for x in 0..2 * w {
+                // SAFETY: pixel (y/2, x/2) of src and (y, x) of dst are in bounds (caller);
+                // this chunk alone writes output rows lo..hi.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        s.add(((y / 2) * w + x / 2) * lds),
+                        d.add((y * 2 * w + x) * ldd),
+                        c,
+                    )
+                };
+            }
+        }
+    });
+}
+
 /// In-place softmax of each row of `x` (`rows x n`, stride `ld`), multi-threaded.
 pub fn softmax_rows(x: &mut [f32], rows: usize, n: usize, ld: usize) {
     if rows == 0 || n == 0 || x.len() < (rows - 1) * ld + n {
