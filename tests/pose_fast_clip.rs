@@ -161,4 +161,6 @@ fn fast_matches_reference_on_clip_frames() {
     run_size(&clip, 640, 384, None);
     // The piste band (rows 5/18 .. 13/18 of the frame, 200..520 of the 720p clip) at 640x192.
     run_size(&clip, 640, 192, Some((5, 13, 18)));
+    // The large size: its attention spans several GEMM K blocks.
+    run_size(&clip, 1280, 736, None);
 }

@@ -96,8 +96,16 @@ fn raw_output_matches_reference_at_several_sizes() {
     let weights = weights();
     let net = YoloNet::load(&weights).expect("reference");
     let mut fast = FastYoloPose::load(&weights, PoseOptions::default()).expect("fast");
-    // 640x384 (default), the piste band 640x192, a wide band 1280x128, and an odd small one.
-    for (w, h) in [(640, 384), (640, 192), (1280, 128), (96, 160)] {
+    // 640x384 (default), the piste band 640x192, a wide band 1280x128, odd small ones, and
+    // 1280x736, whose attention (920 positions) takes more than one GEMM K block.
+    for (w, h) in [
+        (640, 384),
+        (640, 192),
+        (1280, 128),
+        (96, 160),
+        (1280, 736),
+        (224, 96),
+    ] {
         let chw = synthetic_chw(w, h);
         let want = net.forward_raw(&chw, w, h).expect("reference forward");
         let got = fast.forward_raw(&chw, w, h).expect("fast forward").to_vec();
