@@ -6,10 +6,14 @@
 //! band before letterboxing. Per size it prints
 //! `{"size": "640x384", "fast_ms": .., "reference_ms": .., "speedup": .., "gflops": ..}`:
 //! medians over the frames after one warm-up frame per path (mins too), estimate = network +
-//! decode + NMS on a prepared frame; `gflops` = FLOPs of the network at that size (counted from
-//! the layer shapes, multiply-add = 2) / fast median time. `--profile` adds the fast path's
-//! mean time per stage (backbone / neck / head) and per op kind. The machine's load average is
-//! printed with the figures: the engine shares its cores.
+//! decode + NMS on a prepared frame; `gflops` = FLOPs the fast path executed per frame (counted
+//! from the layer shapes, multiply-add = 2; its sparse head computes boxes and keypoints only
+//! at anchors above the score threshold, so this is less than the dense network's) / fast
+//! median time. Both paths' persons are compared frame by frame (`outputs_match`: same count,
+//! boxes and keypoints within 2 source pixels, scores within 0.01): a fast path that drifts
+//! from the reference shows here. `--profile` adds the fast path's mean time per stage
+//! (backbone / neck / head) and per op kind. The machine's load average is printed with the
+//! figures: the engine shares its cores.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -17,7 +21,7 @@ use std::time::Instant;
 use anyhow::Context;
 use referee_models::fast::{Profile, KIND_NAMES, STAGE_NAMES};
 use referee_models::{
-    letterbox_rgb, FastYoloPose, PoseEstimator, PoseOptions, PreparedFrame, YoloPose,
+    letterbox_rgb, FastYoloPose, Person, PoseEstimator, PoseOptions, PreparedFrame, YoloPose,
 };
 
 use crate::cmd::pose::{frame_rgb, parse_size};
@@ -84,25 +88,46 @@ fn crop_band(
     }
 }
 
-/// Per-frame seconds of `est` over `frames` after one warm-up frame, and persons found; `each`
-/// sees the estimator after every timed frame.
+/// Per-frame seconds of `est` over `frames` after one warm-up frame, and the persons found
+/// per frame; `each` sees the estimator after every timed frame.
 fn time_path<E: PoseEstimator>(
     est: &mut E,
     frames: &[PreparedFrame],
     mut each: impl FnMut(&E),
-) -> anyhow::Result<(Vec<f64>, usize)> {
+) -> anyhow::Result<(Vec<f64>, Vec<Vec<Person>>)> {
     est.estimate(std::slice::from_ref(&frames[0]))
         .context("warm-up")?;
     let mut times = Vec::with_capacity(frames.len());
-    let mut persons = 0;
+    let mut persons = Vec::with_capacity(frames.len());
     for f in frames {
         let t0 = Instant::now();
         let out = est.estimate(std::slice::from_ref(f))?;
         times.push(t0.elapsed().as_secs_f64());
-        persons += out.iter().map(Vec::len).sum::<usize>();
+        persons.extend(out);
         each(est);
     }
     Ok((times, persons))
+}
+
+/// Frames whose fast persons match the reference's (same count; each reference person has a
+/// fast one with box corners and keypoints within 2 px and scores within 0.01).
+fn matching_frames(fast: &[Vec<Person>], reference: &[Vec<Person>]) -> usize {
+    let close = |a: &Person, b: &Person| {
+        a.bbox
+            .iter()
+            .zip(&b.bbox)
+            .all(|(x, y)| (x - y).abs() <= 2.0)
+            && (a.score - b.score).abs() <= 0.01
+            && a.keypoints.iter().zip(&b.keypoints).all(|(p, q)| {
+                (p[0] - q[0]).abs() <= 2.0
+                    && (p[1] - q[1]).abs() <= 2.0
+                    && (p[2] - q[2]).abs() <= 0.01
+            })
+    };
+    fast.iter()
+        .zip(reference)
+        .filter(|(f, r)| f.len() == r.len() && r.iter().all(|p| f.iter().any(|q| close(p, q))))
+        .count()
 }
 
 /// (median, min) in milliseconds.
@@ -236,6 +261,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
         })?;
         let n = prepared.len() as f64;
+        let fast_count: usize = fast_persons.iter().map(Vec::len).sum();
         let (fast_ms, fast_min) = median_min(fast_t);
         let flops = prof.flops();
         let gflops = flops / (fast_ms * 1e-3) / 1e9;
@@ -245,7 +271,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             let mut model = YoloPose::load(&weights, opts)?;
             let (t, p) = time_path(&mut model, &prepared, |_| {})?;
             let (ms, min) = median_min(t);
-            Some((ms, min, p, model.net().describe()))
+            let matching = matching_frames(&fast_persons, &p);
+            let count: usize = p.iter().map(Vec::len).sum();
+            Some((ms, min, count, model.net().describe(), matching))
         };
         let speedup = reference.as_ref().map(|r| r.0 / fast_ms);
         let load = format!("{load_before} -> {}", load_avg());
@@ -263,7 +291,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 "network_gflop": (flops / 1e6).round() / 1e3,
                 "frames": prepared.len(),
                 "source": source,
-                "fast_persons_per_frame": r2(fast_persons as f64 / n),
+                "fast_persons_per_frame": r2(fast_count as f64 / n),
+                "outputs_match": reference.as_ref().map(|r| format!("{}/{}", r.4, prepared.len())),
                 "reference_persons_per_frame": reference.as_ref().map(|r| r2(r.2 as f64 / n)),
                 "loadavg": load,
                 "threads": if args.threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { args.threads },
@@ -300,12 +329,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             println!(
                 "  fast      {fast_ms:7.1} ms median, {fast_min:7.1} min  {gflops:5.1} GFLOP/s ({:.2} GFLOP/frame), {:.2} persons/frame",
                 flops / 1e9,
-                fast_persons as f64 / n
+                fast_count as f64 / n
             );
-            if let Some((ms, min, p, desc)) = &reference {
+            if let Some((ms, min, p, desc, matching)) = &reference {
                 println!(
                     "  reference {ms:7.1} ms median, {min:7.1} min  ({:.2} persons/frame, {desc})",
                     *p as f64 / n
+                );
+                println!(
+                    "  outputs   {matching}/{} frames with the same persons on both paths",
+                    prepared.len()
                 );
                 println!("  speedup   {:.1}x", speedup.unwrap_or(0.0));
             }
