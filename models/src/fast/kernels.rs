@@ -34,7 +34,7 @@ pub fn has_avx2() -> bool {
     }
 }
 
-/// Weights `B[k x n]` packed as panels of [`NR`] columns: panel `p` holds rows `0..k` of columns
+/// Weights `B[k x n]` packed as panels of 16 (`NR`) columns: panel `p` holds rows `0..k` of columns
 /// `p*NR .. p*NR+NR` contiguously (zero padded), plus a bias padded to a multiple of `NR`.
 #[derive(Debug, Clone, Default)]
 pub struct PackedB {

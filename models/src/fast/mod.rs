@@ -6,10 +6,15 @@
 //! - NHWC activations in one arena reused across frames (no per-frame allocation once a size
 //!   has been seen); concats and splits are channel slices of shared buffers, never copies;
 //! - every dense conv is one GEMM (1x1 in place, k x k through an implicit, cache-blocked
-//!   im2col) on an AVX2/FMA 6x16 micro-kernel with bias + SiLU (vectorised exp) + residual
-//!   fused into the epilogue; a scalar kernel runs where AVX2 is missing;
+//!   im2col, stride-1 3x3 through Winograd F(2x2, 3x3)) on an AVX2/FMA 6x16 micro-kernel with
+//!   bias + SiLU (a short-chain vectorised exp) + residual fused into the epilogue; a scalar
+//!   kernel runs where AVX2 is missing; the first layer reads the CHW input directly;
 //! - a depthwise 3x3 kernel vectorised over channels; attention as two GEMMs and a
 //!   vectorised softmax;
+//! - a sparse head in [`PoseEstimator::estimate`]: the class branch runs first and the box and
+//!   keypoint branches (a quarter of the network's FLOPs) only at the anchors whose score
+//!   passes the threshold, the only ones decoded (the same persons as the dense head; see
+//!   [`FastYoloPose::set_sparse_head`]);
 //! - rows of every heavy op split over a small spinning thread team (both cores; see
 //!   `team.rs` for why not rayon).
 //!
