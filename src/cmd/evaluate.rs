@@ -78,7 +78,7 @@ struct Report {
     rows: Vec<Row>,
     overall: Stats,
     per_date: BTreeMap<String, Stats>,
-    /// confusion[label][predicted] = count.
+    /// `confusion[label][predicted]` = count.
     confusion: BTreeMap<String, BTreeMap<String, usize>>,
     #[serde(skip_serializing_if = "Option::is_none")]
     cv: Option<CvReport>,
