@@ -10,7 +10,7 @@
 
 use std::cell::Cell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -18,12 +18,11 @@ use std::time::{Duration, Instant};
 /// How long an idle helper spins before it sleeps.
 pub const SPIN: Duration = Duration::from_millis(5);
 
-/// A job as the helpers see it: a chunk function and the number of chunks.
+/// A job as the helpers see it: the chunk function (the chunks are in [`Shared::left`]).
 #[derive(Clone, Copy)]
 struct Job {
     /// Lifetime-erased `&(dyn Fn(usize) + Sync)`; valid while the posting `for_each` runs.
     f: *const (dyn Fn(usize) + Sync),
-    chunks: usize,
 }
 
 // SAFETY: `f` points to a `Sync` closure that `Team::for_each` keeps alive (it does not
@@ -33,8 +32,11 @@ unsafe impl Send for Job {}
 struct Shared {
     /// Bumped once per posted job.
     epoch: AtomicUsize,
-    /// Next chunk to take.
-    next: AtomicUsize,
+    /// Chunks not yet taken: `lo` in the low 32 bits, `hi` (exclusive) in the high 32 bits.
+    /// The caller takes from the front, odd helpers from the back, so with two threads each
+    /// keeps working on the same rows from op to op (their data stays in its core's cache)
+    /// while the meeting point still balances a slower core.
+    left: AtomicU64,
     /// Helpers done with the current epoch.
     done: AtomicUsize,
     /// A helper's chunk panicked.
@@ -60,7 +62,7 @@ impl Team {
     pub fn new(threads: usize) -> std::io::Result<Self> {
         let shared = Arc::new(Shared {
             epoch: AtomicUsize::new(0),
-            next: AtomicUsize::new(0),
+            left: AtomicU64::new(0),
             done: AtomicUsize::new(0),
             panicked: AtomicBool::new(false),
             shutdown: AtomicBool::new(false),
@@ -80,7 +82,7 @@ impl Team {
             // Helpers start from epoch 0: a job posted before a helper runs is still seen.
             let h = std::thread::Builder::new()
                 .name(format!("pose-{i}"))
-                .spawn(move || helper(&s, 0))?;
+                .spawn(move || helper(&s, 0, i % 2 == 1))?;
             team.helpers.push(h);
         }
         Ok(team)
@@ -94,7 +96,8 @@ impl Team {
     /// Runs `f(i)` for every `i` in `0..chunks`, spread over the team (chunks are taken in
     /// order, one at a time); returns when all have run. A panic in any chunk is re-raised here.
     pub fn for_each(&self, chunks: usize, f: &(dyn Fn(usize) + Sync)) {
-        if self.helpers.is_empty() || chunks <= 1 || self.busy.get() {
+        // (chunk indices travel as 32-bit halves of one atomic)
+        if self.helpers.is_empty() || chunks <= 1 || chunks > u32::MAX as usize || self.busy.get() {
             (0..chunks).for_each(f);
             return;
         }
@@ -106,10 +109,9 @@ impl Team {
             f: unsafe {
                 std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f)
             },
-            chunks,
         };
         *lock(&s.job) = Some(job);
-        s.next.store(0, Ordering::Relaxed);
+        s.left.store(span(0, chunks), Ordering::Relaxed);
         s.done.store(0, Ordering::Relaxed);
         s.epoch.fetch_add(1, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
@@ -122,7 +124,7 @@ impl Team {
             helpers: self.helpers.len(),
             busy: &self.busy,
         };
-        take_chunks(s, f, chunks);
+        take_chunks(s, f, false);
         drop(wait);
         if s.panicked.swap(false, Ordering::SeqCst) {
             panic!("a pose helper thread panicked");
@@ -172,17 +174,38 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-fn take_chunks(s: &Shared, f: &(dyn Fn(usize) + Sync), chunks: usize) {
+/// `lo..hi` packed for [`Shared::left`].
+fn span(lo: usize, hi: usize) -> u64 {
+    (lo as u64 & 0xffff_ffff) | ((hi as u64) << 32)
+}
+
+/// Takes and runs chunks from the front (or the back) of [`Shared::left`] until none is left.
+fn take_chunks(s: &Shared, f: &(dyn Fn(usize) + Sync), from_back: bool) {
+    let mut cur = s.left.load(Ordering::Relaxed);
     loop {
-        let i = s.next.fetch_add(1, Ordering::Relaxed);
-        if i >= chunks {
+        let (lo, hi) = ((cur & 0xffff_ffff) as usize, (cur >> 32) as usize);
+        if lo >= hi {
             break;
         }
-        f(i);
+        let (i, next) = if from_back {
+            (hi - 1, span(lo, hi - 1))
+        } else {
+            (lo, span(lo + 1, hi))
+        };
+        match s
+            .left
+            .compare_exchange_weak(cur, next, Ordering::Relaxed, Ordering::Relaxed)
+        {
+            Ok(_) => {
+                f(i);
+                cur = s.left.load(Ordering::Relaxed);
+            }
+            Err(now) => cur = now,
+        }
     }
 }
 
-fn helper(s: &Shared, mut seen: usize) {
+fn helper(s: &Shared, mut seen: usize, from_back: bool) {
     loop {
         let mut idle_since = Instant::now();
         let mut spins = 0u32;
@@ -216,10 +239,10 @@ fn helper(s: &Shared, mut seen: usize) {
         if let Some(job) = job {
             // SAFETY: see `Job`: the poster waits for our `done` increment below.
             let f = unsafe { &*job.f };
-            if catch_unwind(AssertUnwindSafe(|| take_chunks(s, f, job.chunks))).is_err() {
+            if catch_unwind(AssertUnwindSafe(|| take_chunks(s, f, from_back))).is_err() {
                 s.panicked.store(true, Ordering::SeqCst);
                 // Let the poster stop early: no more chunks for anyone.
-                s.next.store(usize::MAX / 2, Ordering::Relaxed);
+                s.left.store(0, Ordering::Relaxed);
             }
         }
         s.done.fetch_add(1, Ordering::Release);
