@@ -259,8 +259,9 @@ impl Engine {
     }
 
     /// Starts the stage threads with one pose worker per estimator: each worker infers whole
-    /// frames taken from the same queue, and the track stage puts them back in order. On few
-    /// cores, frame-level parallelism scales better than splitting one frame's layers.
+    /// frames taken from the same queue, and the track stage puts them back in order. Several
+    /// single-threaded workers give the most frames per second; one worker whose estimator
+    /// splits each frame over the cores gives the lowest latency per frame.
     pub fn start_workers(cfg: EngineConfig, estimators: Vec<Box<dyn PoseEstimator>>) -> Self {
         if estimators.is_empty() {
             warn!("no pose worker given: frames will wait in the pipeline");
