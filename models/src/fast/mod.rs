@@ -75,7 +75,7 @@ impl FastYoloPose {
     /// On a machine shared with other busy processes, fewer threads can give lower and
     /// steadier latency: every op waits for its slowest chunk, and a preempted thread stalls it.
     pub fn set_threads(&mut self, n: usize) -> Result<(), ModelError> {
-        if n != self.team.threads() || n == 0 {
+        if threads_for(n) != self.team.threads() {
             self.team = new_team(n)?;
         }
         Ok(())
@@ -164,13 +164,18 @@ impl FastYoloPose {
     }
 }
 
-/// A team of `n` threads (`0`: one per core).
-fn new_team(n: usize) -> Result<team::Team, ModelError> {
-    let n = if n == 0 {
+/// `n`, or one per core for `0`.
+fn threads_for(n: usize) -> usize {
+    if n == 0 {
         std::thread::available_parallelism().map_or(1, |p| p.get())
     } else {
         n
-    };
+    }
+}
+
+/// A team of `n` threads (`0`: one per core).
+fn new_team(n: usize) -> Result<team::Team, ModelError> {
+    let n = threads_for(n);
     team::Team::new(n).map_err(|e| ModelError::Input(format!("cannot start {n} pose threads: {e}")))
 }
 
