@@ -1,7 +1,11 @@
 //! Timing of the fast path on a synthetic image (ignored by default; the real benchmark is
 //! `referee bench pose`). Run with
 //! `cargo test --release -p referee-models --test fast_timing -- --ignored --nocapture`;
-//! `FAST_SIZES=640x384,1280x736` picks the sizes, `FAST_REF=1` also times the reference.
+//! `FAST_SIZES=640x384,1280x736` picks the sizes, `FAST_REF=1` also times the reference,
+//! `FAST_THREADS=n` runs on n threads (default: one per core), `FAST_REPS=n` times n forwards
+//! (default 10), `FAST_EACH=1` prints each forward's time, `FAST_ALL=1` lists every op's
+//! minimum time in network order instead of the 25 slowest. The forward here is dense
+//! (`forward_raw`): the head's box and keypoint branches run everywhere.
 
 mod common;
 
