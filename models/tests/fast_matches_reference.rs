@@ -212,3 +212,60 @@ fn bad_sizes_are_errors_not_panics() {
         Err(referee_models::ModelError::WeightsMissing(_))
     ));
 }
+
+#[test]
+fn sparse_head_matches_dense_at_any_threshold() {
+    // From "everything passes" (the sparse head falls back to dense) to "almost nothing does"
+    // (no box/keypoint work at all): the same persons as the dense head every time.
+    let weights = weights();
+    let frame = PreparedFrame {
+        width: 640,
+        height: 384,
+        chw: synthetic_chw(640, 384),
+        letterbox: referee_models::Letterbox {
+            scale: 1.0,
+            pad_x: 0.0,
+            pad_y: 0.0,
+            offset_x: 0.0,
+            offset_y: 0.0,
+        },
+    };
+    let (mut took_sparse, mut took_dense) = (false, false);
+    for thr in [1e-9, 1e-4, 0.01, 0.25, 0.99] {
+        let opts = PoseOptions {
+            conf_threshold: thr,
+            ..PoseOptions::default()
+        };
+        let mut sparse = FastYoloPose::load(&weights, opts).expect("fast");
+        let mut dense = FastYoloPose::load(&weights, opts).expect("fast");
+        dense.set_sparse_head(false);
+        let got = sparse
+            .estimate(std::slice::from_ref(&frame))
+            .expect("sparse");
+        let want = dense.estimate(std::slice::from_ref(&frame)).expect("dense");
+        let (fs, fd) = (sparse.last_profile().flops(), dense.last_profile().flops());
+        println!(
+            "threshold {thr}: {} persons, {fs:.3e} vs {fd:.3e} FLOPs",
+            want[0].len()
+        );
+        took_sparse |= fs < fd;
+        took_dense |= fs == fd;
+        assert_eq!(got[0].len(), want[0].len(), "threshold {thr}: person count");
+        for (g, e) in got[0].iter().zip(&want[0]) {
+            assert!((g.score - e.score).abs() < 1e-4, "threshold {thr}");
+            for (a, b) in g.bbox.iter().zip(&e.bbox) {
+                assert!(
+                    (a - b).abs() <= 0.01,
+                    "threshold {thr}: {:?} vs {:?}",
+                    g.bbox,
+                    e.bbox
+                );
+            }
+            for (a, b) in g.keypoints.iter().zip(&e.keypoints) {
+                assert!((a[0] - b[0]).abs() <= 0.01 && (a[1] - b[1]).abs() <= 0.01);
+                assert!((a[2] - b[2]).abs() < 1e-4);
+            }
+        }
+    }
+    assert!(took_sparse && took_dense, "both head paths exercised");
+}
