@@ -1047,18 +1047,7 @@ pub(crate) mod avx {
 mod tests {
     use super::*;
 
-    /// Small deterministic PRNG (xorshift) for test inputs in [-1, 1).
-    pub(crate) fn rand_vec(n: usize, seed: u64) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-            })
-            .collect()
-    }
+    use crate::fast::testing::rand_vec;
 
     /// Plain NHWC convolution, the safe reference.
     #[allow(clippy::too_many_arguments)]
@@ -1526,8 +1515,8 @@ mod bench {
             (240, 2304, 64, false),
             (3840, 64, 64, true),
         ] {
-            let a = tests::rand_vec(m * k, 1);
-            let w = tests::rand_vec(k * n, 2);
+            let a = crate::fast::testing::rand_vec(m * k, 1);
+            let w = crate::fast::testing::rand_vec(k * n, 2);
             let b = PackedB::pack(k, n, |kk, o| w[kk * n + o], None);
             let mut c = vec![0f32; m * n];
             let epi = Epilogue {

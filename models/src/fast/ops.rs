@@ -796,6 +796,7 @@ impl DwW {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fast::testing::rand_vec;
 
     #[test]
     fn disjoint_views() {
@@ -861,11 +862,8 @@ mod tests {
         // against a direct 5x5 window on a larger random input, channel slices with a stride
         let (h, w, c) = (7, 9, 5);
         let big = ar.alloc(h, w, 2 * c + 1);
-        let mut seed = 7u32;
-        for i in big.off..big.off + h * w * (2 * c + 1) {
-            seed = seed.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
-            ar.data[i] = (seed >> 8) as f32 / (1u32 << 24) as f32 - 0.5;
-        }
+        let n = h * w * (2 * c + 1);
+        ar.data[big.off..big.off + n].copy_from_slice(&rand_vec(n, 7));
         let (s, d) = (big.ch(0, c), big.ch(c + 1, c));
         ar.maxpool5(s, d).expect("pool");
         for y in 0..h {
@@ -902,18 +900,10 @@ mod tests {
             let x = ar.alloc(h, w, ci + 3);
             let dense = ar.alloc(h, w, co);
             let sparse = ar.alloc(h, w, co);
-            let mut seed = 12345u32;
-            let mut rnd = || {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                (seed as f32 / u32::MAX as f32) * 2.0 - 1.0
-            };
-            for i in x.off..x.off + h * w * (ci + 3) {
-                ar.data[i] = rnd();
-            }
-            let wt: Vec<f32> = (0..co * ci * k * k).map(|_| rnd()).collect();
-            let bias: Vec<f32> = (0..co).map(|_| rnd()).collect();
+            let n = h * w * (ci + 3);
+            ar.data[x.off..x.off + n].copy_from_slice(&rand_vec(n, 1));
+            let wt = rand_vec(co * ci * k * k, 2);
+            let bias = rand_vec(co, 3);
             let cw = ConvW::new(&wt, co, ci, k, &bias, 1, act);
             let src = x.ch(3, ci);
             ar.conv(&cw, src, dense, None).expect("dense");
