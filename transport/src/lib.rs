@@ -2,11 +2,13 @@
 //! referee system.
 //!
 //! - [`messages`]: the protocol's message types (control stream and frame headers).
+//! - [`ack`]: acknowledgement arithmetic ([`messages::Ack`]'s methods, [`ReceivedFrames`]).
 //! - [`codec`]: length-prefixed postcard messages; one unidirectional stream per frame.
 //! - [`endpoint`]: server/client endpoints, connect/accept with timeouts and ALPN check.
 //! - [`tls`]: server identity (files, or self-signed and persisted), client trust modes.
 //! - [`auth`]: role tokens compared in constant time, loopback-only open mode.
 
+pub mod ack;
 pub mod auth;
 pub mod codec;
 pub mod endpoint;
@@ -14,6 +16,7 @@ pub mod error;
 pub mod messages;
 pub mod tls;
 
+pub use ack::ReceivedFrames;
 pub use auth::{auth_policy, AuthPolicy, TokenSet};
 pub use codec::{decode_msg, encode_msg, read_frame, read_msg, send_frame, write_msg, FrameLimits};
 pub use endpoint::{
