@@ -4,6 +4,7 @@
 //! This crate must not depend on candle: it runs on a small box next to the camera.
 
 pub mod agent;
+pub mod cli;
 pub mod encode;
 pub mod pacing;
 pub mod source;

@@ -6,11 +6,11 @@ use clap::{ArgGroup, Parser, ValueEnum};
 use referee_capture::agent::{
     run_agent, AgentConfig, AgentError, AgentOutcome, AgentStats, ProgressSink, SignalInput,
 };
+use referee_capture::cli::TrustArgs;
 use referee_capture::encode::Encoding;
 use referee_capture::pacing::Pacing;
 use referee_capture::source::{self, FrameSource};
 use referee_transport::messages::{LiveState, VerdictReport, Winner};
-use referee_transport::Trust;
 use std::io::IsTerminal;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug)]
 #[command(name = "referee-capture", version, about)]
 #[command(group(ArgGroup::new("source").required(true).args(["video", "camera", "images", "synthetic"])))]
-#[command(group(ArgGroup::new("trust").required(true).args(["ca", "server_fingerprint", "insecure_loopback"])))]
+#[command(mut_group(TrustArgs::GROUP, |g| g.required(true)))]
 struct Cli {
     /// Daemon address, HOST:PORT (port 4433 when omitted), e.g. 127.0.0.1:4433.
     server: String,
@@ -79,15 +79,8 @@ struct Cli {
     #[arg(long, value_name = "FILE")]
     output: Option<PathBuf>,
 
-    /// Trust the daemon's certificate through this CA file (PEM).
-    #[arg(long, value_name = "FILE")]
-    ca: Option<PathBuf>,
-    /// Pin the daemon's SHA-256 fingerprint: the hex value, or the path of its identity.sha256.
-    #[arg(long, value_name = "HEX|FILE")]
-    server_fingerprint: Option<String>,
-    /// Accept any certificate (loopback addresses only; development).
-    #[arg(long)]
-    insecure_loopback: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Name checked against the certificate in CA mode (default: the host part of SERVER).
     #[arg(long)]
     server_name: Option<String>,
@@ -182,21 +175,7 @@ fn resolve(server: &str) -> anyhow::Result<(SocketAddr, String)> {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     let (addr, host) = resolve(&cli.server)?;
-    let trust = if let Some(ca) = &cli.ca {
-        std::fs::metadata(ca)
-            .with_context(|| format!("--ca {}: cannot read the CA file", ca.display()))?;
-        Trust::CaFile(ca.clone())
-    } else if let Some(fp) = &cli.server_fingerprint {
-        Trust::fingerprint_from_arg(fp).context("--server-fingerprint")?
-    } else {
-        if !addr.ip().is_loopback() {
-            anyhow::bail!(
-                "--insecure-loopback is only allowed for loopback addresses, not {addr}; use \
-                 --server-fingerprint (the daemon prints it and writes identity.sha256) or --ca"
-            );
-        }
-        Trust::InsecureLoopback
-    };
+    let trust = cli.trust.trust(addr)?;
     let (width, height) = parse_size(&cli.size)?;
     let encoding = match cli.encoding {
         EncodingArg::Jpeg => Encoding::Jpeg {

@@ -1,9 +1,9 @@
 //! `referee feed`: subscribe to a daemon's progressive verdict feed and print events.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 
 use anyhow::{bail, Context};
+use referee_capture::cli::TrustArgs;
 use referee_transport::messages::{ClientMsg, FeedEvent, Role, ServerMsg, Winner};
 use referee_transport::{client_endpoint_for, connect, read_msg, write_msg, Trust};
 
@@ -29,15 +29,8 @@ pub struct Args {
         hide_env_values = true
     )]
     token: String,
-    /// Trust the daemon's certificate through this CA file (PEM).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["server_fingerprint", "insecure_loopback"])]
-    ca: Option<PathBuf>,
-    /// Pin the daemon's certificate: the SHA-256 it prints at start, or the path of its identity.sha256.
-    #[arg(long, value_name = "HEX|FILE", conflicts_with = "insecure_loopback")]
-    server_fingerprint: Option<String>,
-    /// Accept any certificate (development only; refused for non-loopback addresses).
-    #[arg(long)]
-    insecure_loopback: bool,
+    #[command(flatten)]
+    trust: TrustArgs,
     /// Name the certificate must carry (CA mode).
     #[arg(long, default_value = "localhost")]
     server_name: String,
@@ -55,30 +48,9 @@ pub fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
         .with_context(|| format!("{server:?} did not resolve to any address"))
 }
 
-/// The trust mode chosen by the TLS flags.
-pub fn trust(
-    ca: Option<PathBuf>,
-    fingerprint: Option<String>,
-    insecure: bool,
-) -> anyhow::Result<Trust> {
-    Ok(match (ca, fingerprint, insecure) {
-        (Some(ca), _, _) => Trust::CaFile(ca),
-        (None, Some(fp), _) => Trust::fingerprint_from_arg(&fp)?,
-        (None, None, true) => Trust::InsecureLoopback,
-        (None, None, false) => bail!(
-            "say how to trust the daemon: --server-fingerprint (the value it prints at start, or \
-             its identity.sha256 file), --ca FILE, or --insecure-loopback for a local test"
-        ),
-    })
-}
-
 pub fn run(args: Args) -> anyhow::Result<()> {
     let addr = resolve(&args.server)?;
-    let trust = trust(
-        args.ca.clone(),
-        args.server_fingerprint.clone(),
-        args.insecure_loopback,
-    )?;
+    let trust = args.trust.trust(addr)?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
