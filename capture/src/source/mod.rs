@@ -8,6 +8,7 @@
 //! - [`ffmpeg::FfmpegSource`]: any other format through the `ffmpeg` command, yields JPEG.
 //! - [`folder::ImageFolder`]: a folder of JPEG/PNG images sorted by name.
 //! - [`synthetic::Synthetic`]: deterministic generated frames for tests and demos.
+//! - [`replay::Replay`]: JPEG frames captured earlier, replayed as if live (benches, tests).
 //! - [`camera`]: V4L cameras through nokhwa (cargo feature `camera`).
 //!
 //! [`open_video`] picks the right file source for a path.
@@ -38,12 +39,14 @@ pub mod ffmpeg;
 pub mod folder;
 pub mod jpeg;
 pub mod mp4;
+pub mod replay;
 pub mod synthetic;
 
 pub use camera::{list_cameras, require_camera_support, Camera, CameraInfo, CAMERA_SUPPORTED};
 pub use ffmpeg::{ffmpeg_available, FfmpegSource};
 pub use folder::ImageFolder;
 pub use mp4::Mp4Source;
+pub use replay::Replay;
 pub use synthetic::Synthetic;
 
 /// Static description of a source.

@@ -9,9 +9,7 @@ use anyhow::{bail, Context};
 use referee_capture::agent::{run_agent, AgentConfig, NoProgress, SignalInput};
 use referee_capture::encode::{encode, Encoding};
 use referee_capture::pacing::Pacing;
-use referee_capture::source::{
-    now_us, CapturedFrame, FrameData, FrameSource, SourceError, SourceInfo,
-};
+use referee_capture::source::{now_us, FrameSource, Replay};
 use referee_engine::http::percentile;
 use referee_engine::offline::{buffered_verdict, OfflineFrame};
 use referee_transport::messages::{FrameEncoding, SessionStart};
@@ -39,34 +37,6 @@ pub struct Args {
 }
 // The pose size and piste band come from the usual settings (REFEREE_POSE_SIZE,
 // REFEREE_PISTE_BAND), so the effect of cropping can be measured with the same command.
-
-/// Replays pre-encoded JPEG frames, stamping the capture time when each is produced.
-struct Replay {
-    info: SourceInfo,
-    frames: Vec<Vec<u8>>,
-    next: usize,
-}
-
-impl FrameSource for Replay {
-    fn info(&self) -> &SourceInfo {
-        &self.info
-    }
-    fn next_frame(&mut self) -> Result<Option<CapturedFrame>, SourceError> {
-        let Some(bytes) = self.frames.get(self.next) else {
-            return Ok(None);
-        };
-        let frame = CapturedFrame {
-            index: self.next as u64,
-            capture_ts_us: now_us(),
-            width: self.info.width,
-            height: self.info.height,
-            data: FrameData::Jpeg(bytes.clone()),
-            pts_us: None,
-        };
-        self.next += 1;
-        Ok(Some(frame))
-    }
-}
 
 #[derive(Serialize)]
 struct Row {
@@ -115,6 +85,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         bail!("{} has no frames", clip.display());
     }
     let mean_kb = jpegs.iter().map(Vec::len).sum::<usize>() as f64 / jpegs.len() as f64 / 1024.0;
+    // Shared by every phrase's replay.
+    let jpegs: std::sync::Arc<[Vec<u8>]> = jpegs.into();
 
     let tmp = tempfile::tempdir().context("temporary directory")?;
     // REFEREE_* settings apply (e.g. REFEREE_PISTE_BAND, REFEREE_POSE_SIZE); the addresses and
@@ -155,11 +127,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     format!("bench-{fps}-{i}"),
                 );
                 cfg.pacing = Pacing::RealTime { fps };
-                let source = Replay {
-                    info: info.clone(),
-                    frames: jpegs.clone(),
-                    next: 0,
-                };
+                let source = Replay::new(info.clone(), jpegs.clone());
                 let sig = SignalInput::Once {
                     filename: "signal.txt".into(),
                     bytes: signal.clone(),
