@@ -19,6 +19,7 @@ pub mod fetch;
 pub mod image;
 pub mod net;
 pub mod pickle;
+mod weights;
 
 use std::path::{Path, PathBuf};
 

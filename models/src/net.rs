@@ -7,15 +7,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{Device, Tensor};
 
 use crate::decode::RAW_ROWS;
+use crate::weights;
 use crate::{ModelError, NUM_KEYPOINTS};
 
-/// BatchNorm epsilon used by Ultralytics.
-const BN_EPS: f64 = 1e-3;
 /// DFL bins per box side.
-const REG_MAX: usize = 16;
+pub(crate) const REG_MAX: usize = 16;
 
 /// Which family the weights belong to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,33 +25,21 @@ pub enum Arch {
     Yolov8,
 }
 
-struct Weights<'a> {
-    map: &'a HashMap<String, Tensor>,
-    path: &'a Path,
-}
-
-impl Weights<'_> {
-    fn get(&self, name: &str) -> Result<Tensor, ModelError> {
-        self.map
-            .get(name)
-            .cloned()
-            .ok_or_else(|| self.invalid(format!("tensor {name} is missing")))
-    }
-    fn has(&self, name: &str) -> bool {
-        self.map.contains_key(name)
-    }
-    fn invalid(&self, reason: String) -> ModelError {
-        ModelError::WeightsInvalid {
-            path: self.path.to_path_buf(),
-            reason,
+impl Arch {
+    /// The family of a checkpoint, from the names of its tensors (None: neither).
+    pub(crate) fn of<T>(ws: &weights::Weights<'_, T>) -> Option<Self> {
+        if ws.has("model.23.cv4.0.0.conv.weight") && ws.has("model.10.m.0.attn.qkv.conv.weight") {
+            Some(Arch::Yolo11)
+        } else if ws.has("model.22.cv4.0.0.conv.weight") && ws.has("model.2.cv1.conv.weight") {
+            Some(Arch::Yolov8)
+        } else {
+            None
         }
     }
-    fn count(&self, prefix: &str, suffix: &str) -> usize {
-        (0..)
-            .take_while(|j| self.has(&format!("{prefix}{j}{suffix}")))
-            .count()
-    }
 }
+
+/// The checkpoint's tensors by name (see [`weights::Weights`]).
+type Weights<'a> = weights::Weights<'a, Tensor>;
 
 /// Convolution with folded BatchNorm (or a plain biased conv), optional SiLU.
 struct Conv {
@@ -70,22 +57,17 @@ struct Conv {
 impl Conv {
     /// `prefix.conv.weight` + `prefix.bn.*`, folded.
     fn load(ws: &Weights, prefix: &str, stride: usize, act: bool) -> Result<Self, ModelError> {
-        let w = ws.get(&format!("{prefix}.conv.weight"))?;
-        let gamma = ws.get(&format!("{prefix}.bn.weight"))?;
-        let beta = ws.get(&format!("{prefix}.bn.bias"))?;
-        let mean = ws.get(&format!("{prefix}.bn.running_mean"))?;
-        let var = ws.get(&format!("{prefix}.bn.running_var"))?;
-        let co = w.dim(0)?;
-        let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
-        let w = w.broadcast_mul(&scale.reshape((co, 1, 1, 1))?)?;
-        let b = (beta - (mean * &scale)?)?;
+        let f = ws.folded(prefix)?;
+        let co = f.bias.len();
+        let w = Tensor::from_vec(f.w, f.dims, &Device::Cpu)?;
+        let b = Tensor::from_vec(f.bias, co, &Device::Cpu)?;
         Self::new(ws, prefix, w, b, stride, act)
     }
 
     /// `prefix.weight` + `prefix.bias`, no activation.
     fn plain(ws: &Weights, prefix: &str) -> Result<Self, ModelError> {
-        let w = ws.get(&format!("{prefix}.weight"))?;
-        let b = ws.get(&format!("{prefix}.bias"))?;
+        let w = ws.get(&format!("{prefix}.weight"))?.clone();
+        let b = ws.get(&format!("{prefix}.bias"))?.clone();
         Self::new(ws, prefix, w, b, 1, false)
     }
 
@@ -481,53 +463,21 @@ impl YoloNet {
     /// Loads a converted safetensors file. Missing file, corrupt data, a hash that disagrees with
     /// the fetch sidecar, or unexpected tensors give a [`ModelError`] telling to run `referee model fetch`.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        if !path.exists() {
-            return Err(ModelError::WeightsMissing(path.to_path_buf()));
-        }
-        if crate::fetch::sidecar_path(path).exists() {
-            crate::fetch::verify_converted(path).map_err(|e| ModelError::WeightsInvalid {
-                path: path.to_path_buf(),
-                reason: match e {
-                    crate::fetch::FetchError::Invalid { reason, .. } => reason,
-                    other => other.to_string(),
-                },
-            })?;
-        } else {
+        let map = weights::read(path, || {
             tracing::warn!(path = %path.display(), "no fetch sidecar next to the weights: hash not verified");
-        }
-        let raw = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-            ModelError::WeightsInvalid {
-                path: path.to_path_buf(),
-                reason: format!("not a readable safetensors file (truncated?): {e}"),
-            }
         })?;
-        let mut map = HashMap::with_capacity(raw.len());
-        for (k, v) in raw {
-            let v = if v.dtype().is_float() {
-                v.to_dtype(DType::F32)?
-            } else {
-                v
-            };
-            map.insert(k, v);
-        }
         Self::from_tensors(&map, path)
     }
 
     /// Builds the network from named f32 tensors (`path` only labels errors).
     pub fn from_tensors(map: &HashMap<String, Tensor>, path: &Path) -> Result<Self, ModelError> {
-        let ws = Weights { map, path };
-        let arch = if ws.has("model.23.cv4.0.0.conv.weight")
-            && ws.has("model.10.m.0.attn.qkv.conv.weight")
-        {
-            Arch::Yolo11
-        } else if ws.has("model.22.cv4.0.0.conv.weight") && ws.has("model.2.cv1.conv.weight") {
-            Arch::Yolov8
-        } else {
-            return Err(ws.invalid(
+        let ws = Weights::new(map, path);
+        let arch = Arch::of(&ws).ok_or_else(|| {
+            ws.invalid(
                 "not a YOLO11-pose or YOLOv8-pose model (no pose head at model.23 / model.22)"
                     .into(),
-            ));
-        };
+            )
+        })?;
         let mut layers = HashMap::new();
         let conv_s2 = |i: usize| -> Result<Layer, ModelError> {
             Ok(Layer::Conv(Conv::load(

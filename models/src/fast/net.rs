@@ -5,93 +5,50 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{DType, Device, Tensor};
-
 use super::ops::{Arena, ConvW, DwW, Kind, View};
 use super::PackedB;
 use crate::decode::RAW_ROWS;
+use crate::net::{Arch, REG_MAX};
+use crate::weights::{self, HostTensor, Weights};
 use crate::{ModelError, NUM_KEYPOINTS};
 
-const BN_EPS: f32 = 1e-3;
-const REG_MAX: usize = 16;
 /// Channels of a head output pixel: box 64 | keypoints 51 | class 1.
 const HEAD_C: usize = 4 * REG_MAX + 3 * NUM_KEYPOINTS + 1;
 
-/// Tensor name -> (dims, f32 values).
-type TensorMap = HashMap<String, (Vec<usize>, Vec<f32>)>;
 /// OIHW weights with BatchNorm folded, their dims, the bias.
 type Folded = (Vec<f32>, [usize; 4], Vec<f32>);
 
-/// Named f32 tensors of the checkpoint.
+/// The checkpoint's tensors by name, and how the fast path loads its layers from them.
 struct Ws<'a> {
-    map: TensorMap,
-    path: &'a Path,
+    t: Weights<'a, HostTensor>,
 }
 
 impl Ws<'_> {
     fn invalid(&self, reason: String) -> ModelError {
-        ModelError::WeightsInvalid {
-            path: self.path.to_path_buf(),
-            reason,
-        }
-    }
-
-    fn get(&self, name: &str) -> Result<&(Vec<usize>, Vec<f32>), ModelError> {
-        self.map
-            .get(name)
-            .ok_or_else(|| self.invalid(format!("tensor {name} is missing")))
+        self.t.invalid(reason)
     }
 
     fn has(&self, name: &str) -> bool {
-        self.map.contains_key(name)
+        self.t.has(name)
     }
 
     fn count(&self, prefix: &str, suffix: &str) -> usize {
-        (0..)
-            .take_while(|j| self.has(&format!("{prefix}{j}{suffix}")))
-            .count()
+        self.t.count(prefix, suffix)
     }
 
     /// `p.conv.weight` with `p.bn.*` folded: (OIHW weights, dims, bias).
     fn folded(&self, p: &str) -> Result<Folded, ModelError> {
-        let (dims, w) = self.get(&format!("{p}.conv.weight"))?;
-        let d = self.dims4(p, dims)?;
-        let co = d[0];
-        let (g, b) = (self.bn(p, "weight", co)?, self.bn(p, "bias", co)?);
-        let (m, var) = (
-            self.bn(p, "running_mean", co)?,
-            self.bn(p, "running_var", co)?,
-        );
-        let per = w.len() / co.max(1);
-        let mut wf = w.clone();
-        let mut bias = vec![0f32; co];
-        for o in 0..co {
-            let s = g[o] / (var[o] + BN_EPS).sqrt();
-            for v in &mut wf[o * per..(o + 1) * per] {
-                *v *= s;
-            }
-            bias[o] = b[o] - m[o] * s;
-        }
-        Ok((wf, d, bias))
-    }
-
-    fn bn(&self, p: &str, n: &str, co: usize) -> Result<&[f32], ModelError> {
-        let (dd, v) = self.get(&format!("{p}.bn.{n}"))?;
-        if dd.as_slice() != [co] {
-            return Err(self.invalid(format!("{p}.bn.{n}: shape {dd:?}, expected [{co}]")));
-        }
-        Ok(v)
+        let f = self.t.folded(p)?;
+        let d = self.dims4(p, &f.dims)?;
+        Ok((f.w, d, f.bias))
     }
 
     /// `p.weight` + `p.bias` (plain conv).
     fn plain(&self, p: &str) -> Result<Folded, ModelError> {
-        let (dims, w) = self.get(&format!("{p}.weight"))?;
-        let d = self.dims4(p, dims)?;
-        let (bd, b) = self.get(&format!("{p}.bias"))?;
-        if bd.as_slice() != [d[0]] {
-            return Err(self.invalid(format!("{p}.bias: shape {bd:?}")));
-        }
-        Ok((w.clone(), d, b.clone()))
+        let w = self.t.get(&format!("{p}.weight"))?;
+        let d = self.dims4(p, &w.dims)?;
+        let b = self.t.vector(&format!("{p}.bias"), d[0])?;
+        Ok((w.data.clone(), d, b.into_owned()))
     }
 
     fn dims4(&self, p: &str, dims: &[usize]) -> Result<[usize; 4], ModelError> {
@@ -555,49 +512,26 @@ pub struct FastNet {
     head: Vec<HeadLevel>,
 }
 
-/// Loads a safetensors file into f32 vectors (same checks as the reference loader).
-fn read_weights(path: &Path) -> Result<TensorMap, ModelError> {
-    if !path.exists() {
-        return Err(ModelError::WeightsMissing(path.to_path_buf()));
-    }
-    if crate::fetch::sidecar_path(path).exists() {
-        crate::fetch::verify_converted(path).map_err(|e| ModelError::WeightsInvalid {
-            path: path.to_path_buf(),
-            reason: match e {
-                crate::fetch::FetchError::Invalid { reason, .. } => reason,
-                other => other.to_string(),
-            },
-        })?;
-    }
-    let raw = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
-        ModelError::WeightsInvalid {
-            path: path.to_path_buf(),
-            reason: format!("not a readable safetensors file (truncated?): {e}"),
+/// The checkpoint's float tensors copied into plain vectors (read and checked as for the
+/// reference network, without its warning when there is no sidecar to check the hash).
+fn read_weights(path: &Path) -> Result<HashMap<String, HostTensor>, ModelError> {
+    let mut map = HashMap::new();
+    for (k, v) in weights::read(path, || {})? {
+        if v.dtype().is_float() {
+            map.insert(k, HostTensor::from_tensor(&v)?);
         }
-    })?;
-    let mut map = HashMap::with_capacity(raw.len());
-    for (k, v) in raw {
-        if !v.dtype().is_float() {
-            continue;
-        }
-        let dims = v.dims().to_vec();
-        let data = tensor_f32(&v)?;
-        map.insert(k, (dims, data));
     }
     Ok(map)
-}
-
-fn tensor_f32(t: &Tensor) -> Result<Vec<f32>, ModelError> {
-    Ok(t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?)
 }
 
 impl FastNet {
     /// Loads YOLO11-pose weights (YOLOv8 checkpoints are rejected: use the reference path).
     pub fn load(path: &Path) -> Result<Self, ModelError> {
         let map = read_weights(path)?;
-        let ws = Ws { map, path };
-        if !(ws.has("model.23.cv4.0.0.conv.weight") && ws.has("model.10.m.0.attn.qkv.conv.weight"))
-        {
+        let ws = Ws {
+            t: Weights::new(&map, path),
+        };
+        if Arch::of(&ws.t) != Some(Arch::Yolo11) {
             return Err(ws.invalid(
                 "the fast path supports YOLO11-pose only (no C2PSA at model.10 / pose head at model.23)".into(),
             ));
