@@ -660,38 +660,70 @@ impl YoloNet {
         let a: usize = levels.iter().map(|l| l.0 * l.1).sum();
         let mut out = vec![0f32; RAW_ROWS * a];
         let mut base = 0;
-        let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
         for (h, w, stride, bx, cl, kp) in &levels {
             let s = *stride as f32;
             for row in 0..*h {
                 for col in 0..*w {
                     let j = row * w + col;
                     let idx = base + j;
-                    let (ax, ay) = (col as f32 + 0.5, row as f32 + 0.5);
-                    let mut d = [0f32; 4];
-                    for (side, dv) in d.iter_mut().enumerate() {
-                        let bins: Vec<f32> =
-                            (0..REG_MAX).map(|k| bx[side * REG_MAX + k][j]).collect();
-                        let m = bins.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                        let e: Vec<f32> = bins.iter().map(|v| (v - m).exp()).collect();
-                        let sum: f32 = e.iter().sum();
-                        *dv = e.iter().enumerate().map(|(k, v)| k as f32 * v).sum::<f32>() / sum;
-                    }
-                    let (x1, y1, x2, y2) = (ax - d[0], ay - d[1], ax + d[2], ay + d[3]);
-                    out[idx] = (x1 + x2) / 2.0 * s;
-                    out[a + idx] = (y1 + y2) / 2.0 * s;
-                    out[2 * a + idx] = (x2 - x1) * s;
-                    out[3 * a + idx] = (y2 - y1) * s;
                     out[4 * a + idx] = sigmoid(cl[0][j]);
-                    for k in 0..NUM_KEYPOINTS {
-                        out[(5 + 3 * k) * a + idx] = (kp[3 * k][j] * 2.0 + (ax - 0.5)) * s;
-                        out[(6 + 3 * k) * a + idx] = (kp[3 * k + 1][j] * 2.0 + (ay - 0.5)) * s;
-                        out[(7 + 3 * k) * a + idx] = sigmoid(kp[3 * k + 2][j]);
-                    }
+                    let head = |c: usize| {
+                        if c < 4 * REG_MAX {
+                            bx[c][j]
+                        } else {
+                            kp[c - 4 * REG_MAX][j]
+                        }
+                    };
+                    write_anchor(&mut out, a, idx, (row, col), s, head);
                 }
             }
             base += h * w;
         }
         Ok(out)
+    }
+}
+
+/// The person score from its logit.
+pub(crate) fn sigmoid(v: f32) -> f32 {
+    1.0 / (1.0 + (-v).exp())
+}
+
+/// Decodes the box and keypoints of anchor `idx` (of `a`) into the channel-major `(56, a)`
+/// layout of [`YoloNet::forward_raw`] (all rows but the score, row 4). The anchor is the cell
+/// `(row, col)` of a level of stride `stride`; `head(c)` is its raw head output channel `c`:
+/// `c < 64` the 4 x 16 DFL bins (left, top, right, bottom), then 17 x (x, y, conf logit).
+pub(crate) fn write_anchor(
+    out: &mut [f32],
+    a: usize,
+    idx: usize,
+    (row, col): (usize, usize),
+    stride: f32,
+    head: impl Fn(usize) -> f32,
+) {
+    let s = stride;
+    let (ax, ay) = (col as f32 + 0.5, row as f32 + 0.5);
+    let mut d = [0f32; 4];
+    for (side, dv) in d.iter_mut().enumerate() {
+        // the expected bin under the softmax of the side's bins
+        let bin = |k: usize| head(side * REG_MAX + k);
+        let m = (0..REG_MAX).map(bin).fold(f32::NEG_INFINITY, f32::max);
+        let (mut sum, mut wsum) = (0f32, 0f32);
+        for k in 0..REG_MAX {
+            let e = (bin(k) - m).exp();
+            sum += e;
+            wsum += k as f32 * e;
+        }
+        *dv = wsum / sum;
+    }
+    let (x1, y1, x2, y2) = (ax - d[0], ay - d[1], ax + d[2], ay + d[3]);
+    out[idx] = (x1 + x2) / 2.0 * s;
+    out[a + idx] = (y1 + y2) / 2.0 * s;
+    out[2 * a + idx] = (x2 - x1) * s;
+    out[3 * a + idx] = (y2 - y1) * s;
+    let kp = |k: usize| head(4 * REG_MAX + k);
+    for k in 0..NUM_KEYPOINTS {
+        out[(5 + 3 * k) * a + idx] = (kp(3 * k) * 2.0 + (ax - 0.5)) * s;
+        out[(6 + 3 * k) * a + idx] = (kp(3 * k + 1) * 2.0 + (ay - 0.5)) * s;
+        out[(7 + 3 * k) * a + idx] = sigmoid(kp(3 * k + 2));
     }
 }

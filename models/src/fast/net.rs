@@ -8,7 +8,7 @@ use std::path::Path;
 use super::ops::{Arena, ConvW, DwW, Kind, View};
 use super::PackedB;
 use crate::decode::RAW_ROWS;
-use crate::net::{Arch, REG_MAX};
+use crate::net::{sigmoid, write_anchor, Arch, REG_MAX};
 use crate::weights::{self, HostTensor, Weights};
 use crate::{ModelError, NUM_KEYPOINTS};
 
@@ -672,9 +672,7 @@ pub fn decode(ar: &Arena, outs: &[View; 3], min_logit: Option<f32>, raw: &mut Ve
     raw.clear();
     raw.resize(RAW_ROWS * a, 0.0);
     let d = ar.data();
-    let sigmoid = |v: f32| 1.0 / (1.0 + (-v).exp());
     let mut base = 0;
-    let mut e = [0f32; REG_MAX];
     for (li, o) in outs.iter().enumerate() {
         let s = (8usize << li) as f32;
         for row in 0..o.h {
@@ -687,31 +685,7 @@ pub fn decode(ar: &Arena, outs: &[View; 3], min_logit: Option<f32>, raw: &mut Ve
                 if min_logit.is_some_and(|m| logit <= m) {
                     continue;
                 }
-                let (ax, ay) = (col as f32 + 0.5, row as f32 + 0.5);
-                let mut dist = [0f32; 4];
-                for (side, dv) in dist.iter_mut().enumerate() {
-                    let bins = &px[side * REG_MAX..(side + 1) * REG_MAX];
-                    let m = bins.iter().copied().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0;
-                    let mut wsum = 0.0;
-                    for (k, (ev, &b)) in e.iter_mut().zip(bins).enumerate() {
-                        *ev = (b - m).exp();
-                        sum += *ev;
-                        wsum += k as f32 * *ev;
-                    }
-                    *dv = wsum / sum;
-                }
-                let (x1, y1, x2, y2) = (ax - dist[0], ay - dist[1], ax + dist[2], ay + dist[3]);
-                raw[idx] = (x1 + x2) / 2.0 * s;
-                raw[a + idx] = (y1 + y2) / 2.0 * s;
-                raw[2 * a + idx] = (x2 - x1) * s;
-                raw[3 * a + idx] = (y2 - y1) * s;
-                let kp = &px[4 * REG_MAX..4 * REG_MAX + 3 * NUM_KEYPOINTS];
-                for k in 0..NUM_KEYPOINTS {
-                    raw[(5 + 3 * k) * a + idx] = (kp[3 * k] * 2.0 + (ax - 0.5)) * s;
-                    raw[(6 + 3 * k) * a + idx] = (kp[3 * k + 1] * 2.0 + (ay - 0.5)) * s;
-                    raw[(7 + 3 * k) * a + idx] = sigmoid(kp[3 * k + 2]);
-                }
+                write_anchor(raw, a, idx, (row, col), s, |c| px[c]);
             }
         }
         base += o.pixels();
