@@ -104,6 +104,13 @@ mod tests {
     }
 
     #[test]
+    fn clap_accepts_both_uses() {
+        use clap::CommandFactory;
+        Optional::command().debug_assert();
+        Required::command().debug_assert();
+    }
+
+    #[test]
     fn each_flag_gives_its_trust_mode() {
         let t = parse(&["--server-fingerprint", FP]).unwrap().trust(local());
         assert_eq!(t.unwrap(), Trust::Fingerprint(FP.into()));
