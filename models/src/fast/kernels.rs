@@ -91,6 +91,20 @@ impl PackedB {
         }
     }
 
+    /// Packs OIHW convolution weights `w` (`co x ci x k x k`) for the implicit im2col order
+    /// (row `(ky*k + kx)*ci + c`, column `o`), with a bias.
+    pub fn from_oihw(w: &[f32], co: usize, ci: usize, k: usize, bias: Option<&[f32]>) -> Self {
+        Self::pack(
+            k * k * ci,
+            co,
+            |kk, o| {
+                let (tap, c) = (kk / ci, kk % ci);
+                w[((o * ci + c) * k + tap / k) * k + tap % k]
+            },
+            bias,
+        )
+    }
+
     /// Reduction length.
     pub fn k(&self) -> usize {
         self.k
@@ -214,11 +228,15 @@ pub struct Epilogue {
     pub residual: Option<(*const f32, usize)>,
 }
 
-/// Raw pointer that may cross threads: every user writes disjoint rows.
+/// Raw pointers (or a struct of them) that may cross threads, for the parallel kernels here
+/// and in [`super::winograd`]: every user hands each thread a disjoint range of output rows
+/// (or Winograd tiles) to write and only reads the rest.
 #[derive(Clone, Copy)]
-struct SendPtr<T>(T);
-// SAFETY: the GEMM driver hands each thread a disjoint row range of C; A, B and the residual
-// are only read (the residual row a thread reads is the C row it writes, if they alias).
+pub(crate) struct SendPtr<T>(pub(crate) T);
+// SAFETY: each thread writes only its own disjoint range of the output (rows of C, of a
+// depthwise/first-layer/upsampled output, of a softmax matrix, or the pixels of its Winograd
+// tiles); inputs, weights and the residual are only read (a residual row a thread reads is
+// the C row it writes, if they alias).
 unsafe impl<T> Send for SendPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T> Sync for SendPtr<T> {}
@@ -297,9 +315,26 @@ pub(crate) unsafe fn gemm_rows(
     ldc: usize,
     epi: Epilogue,
 ) {
+    gemm_rows_on(has_avx2(), m0, m1, a, b, c, ldc, epi)
+}
+
+/// [`gemm_rows`] on the AVX2 micro-kernel (`avx`; only where [`has_avx2`]) or the scalar one.
+///
+/// # Safety
+/// As [`gemm`]; `avx` only where [`has_avx2`].
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm_rows_on(
+    avx: bool,
+    m0: usize,
+    m1: usize,
+    a: ASrc,
+    b: &PackedB,
+    c: *mut f32,
+    ldc: usize,
+    epi: Epilogue,
+) {
     let k = b.k;
     let panels = b.n.div_ceil(NR);
-    let avx = has_avx2();
     IM2COL_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         if matches!(a, ASrc::Im2col(_)) && buf.len() < MC * KC {
@@ -672,37 +707,44 @@ fn softmax_row(row: &mut [f32], avx: bool) {
     }
 }
 
-/// Vectorised exp over a slice (in place); scalar fallback.
+/// An element-wise function with a vectorised form ([`map_inplace`]).
 #[cfg_attr(not(test), allow(dead_code))]
-pub fn exp_inplace(x: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    if has_avx2() {
-        // SAFETY: AVX2/FMA present; the kernel stays within `x`.
-        unsafe { avx::exp_slice(x) };
-        return;
-    }
-    for v in x.iter_mut() {
-        *v = v.clamp(EXP_MIN, EXP_MAX).exp();
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Map {
+    /// e^x, the input clamped to [`EXP_MIN`, `EXP_MAX`].
+    Exp,
+    /// x * sigmoid(x).
+    Silu,
+}
+
+impl Map {
+    /// The scalar form (also the tail of the vectorised one).
+    #[cfg_attr(not(test), allow(dead_code))]
+    fn scalar(self, v: f32) -> f32 {
+        match self {
+            Map::Exp => v.clamp(EXP_MIN, EXP_MAX).exp(),
+            Map::Silu => silu(v),
+        }
     }
 }
 
-/// Vectorised SiLU over a slice (in place); scalar fallback.
+/// `f` over a slice in place: vectorised (the kernels' exp and SiLU), scalar without AVX2.
 #[cfg_attr(not(test), allow(dead_code))]
-pub fn silu_inplace(x: &mut [f32]) {
+pub fn map_inplace(x: &mut [f32], f: Map) {
     #[cfg(target_arch = "x86_64")]
     if has_avx2() {
         // SAFETY: AVX2/FMA present; the kernel stays within `x`.
-        unsafe { avx::silu_slice(x) };
+        unsafe { avx::map_slice(x, f) };
         return;
     }
     for v in x.iter_mut() {
-        *v = silu(*v);
+        *v = f.scalar(*v);
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod avx {
-    use super::{Tile, NR};
+    use super::{Map, Tile, NR};
     use std::arch::x86_64::*;
 
     /// 2^t for `t` in [-125, 126]: t = n + f with n = round(t), |f| <= 1/2; 2^f by a degree-5
@@ -765,33 +807,25 @@ pub(crate) mod avx {
         _mm256_mul_ps(x, r)
     }
 
+    /// [`super::map_inplace`]: 8 floats at a time, the scalar form for the tail.
+    ///
     /// # Safety
     /// AVX2/FMA present.
     #[cfg_attr(not(test), allow(dead_code))]
     #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn exp_slice(x: &mut [f32]) {
+    pub unsafe fn map_slice(x: &mut [f32], f: Map) {
         let mut ch = x.chunks_exact_mut(8);
         for c in &mut ch {
             // SAFETY: c has 8 floats.
-            _mm256_storeu_ps(c.as_mut_ptr(), exp8(_mm256_loadu_ps(c.as_ptr())));
+            let v = _mm256_loadu_ps(c.as_ptr());
+            let y = match f {
+                Map::Exp => exp8(v),
+                Map::Silu => silu8(v),
+            };
+            _mm256_storeu_ps(c.as_mut_ptr(), y);
         }
         for v in ch.into_remainder() {
-            *v = v.clamp(super::EXP_MIN, super::EXP_MAX).exp();
-        }
-    }
-
-    /// # Safety
-    /// AVX2/FMA present.
-    #[cfg_attr(not(test), allow(dead_code))]
-    #[target_feature(enable = "avx2,fma")]
-    pub unsafe fn silu_slice(x: &mut [f32]) {
-        let mut ch = x.chunks_exact_mut(8);
-        for c in &mut ch {
-            // SAFETY: c has 8 floats.
-            _mm256_storeu_ps(c.as_mut_ptr(), silu8(_mm256_loadu_ps(c.as_ptr())));
-        }
-        for v in ch.into_remainder() {
-            *v = super::silu(*v);
+            *v = f.scalar(*v);
         }
     }
 
@@ -1097,15 +1131,7 @@ mod tests {
         let w = rand_vec(co * ci * k * k, 7 + co as u64);
         let bias = rand_vec(co, 3);
         let (want, oh, ow) = conv_ref(&x, ih, iw, ci, &w, co, k, s, &bias, silu_on);
-        let b = PackedB::pack(
-            k * k * ci,
-            co,
-            |kk, o| {
-                let (tap, c) = (kk / ci, kk % ci);
-                w[((o * ci + c) * k + tap / k) * k + tap % k]
-            },
-            Some(&bias),
-        );
+        let b = PackedB::from_oihw(&w, co, ci, k, Some(&bias));
         // Output written into a wider buffer (stride co + 3) to exercise ldc.
         let ldc = co + 3;
         let mut out = vec![f32::NAN; oh * ow * ldc];
@@ -1142,7 +1168,7 @@ mod tests {
                 unsafe { gemm(oh * ow, a, &b, out.as_mut_ptr(), ldc, epi) };
             } else {
                 // SAFETY: as above; the scalar tiles on one thread.
-                unsafe { gemm_rows_forced_scalar(oh * ow, a, &b, out.as_mut_ptr(), ldc, epi) };
+                unsafe { gemm_rows_on(false, 0, oh * ow, a, &b, out.as_mut_ptr(), ldc, epi) };
             }
             for p in 0..oh * ow {
                 for o in 0..co {
@@ -1155,63 +1181,6 @@ mod tests {
                 for o in co..ldc {
                     assert!(out[p * ldc + o].is_nan(), "wrote past the {co} channels");
                 }
-            }
-        }
-    }
-
-    /// The scalar tiles over all rows (same blocking as [`gemm_rows`]).
-    unsafe fn gemm_rows_forced_scalar(
-        m: usize,
-        a: ASrc,
-        b: &PackedB,
-        c: *mut f32,
-        ldc: usize,
-        epi: Epilogue,
-    ) {
-        let mut buf = vec![0f32; MC * KC];
-        let k = b.k;
-        let mut k0 = 0;
-        loop {
-            let kc = KC.min(k - k0);
-            let mut mb = 0;
-            while mb < m {
-                let mc = MC.min(m - mb);
-                let (ap, lda) = match a {
-                    ASrc::Direct { ptr, ld } => (ptr.add(mb * ld + k0), ld),
-                    ASrc::Im2col(g) => {
-                        im2col_fill(&g, mb, mc, k0, kc, buf.as_mut_ptr());
-                        (buf.as_ptr(), kc)
-                    }
-                };
-                for p in 0..b.n.div_ceil(NR) {
-                    let mut mt = 0;
-                    while mt < mc {
-                        let r = MR.min(mc - mt);
-                        let t = Tile {
-                            k: kc,
-                            a: ap.add(mt * lda),
-                            lda,
-                            b: b.data.as_ptr().add(p * k * NR + k0 * NR),
-                            c: c.add((mb + mt) * ldc + p * NR),
-                            ldc,
-                            nvalid: NR.min(b.n - p * NR),
-                            first: k0 == 0,
-                            last: k0 + kc == k,
-                            bias: b.bias.as_ptr().add(p * NR),
-                            silu: epi.silu,
-                            res: epi
-                                .residual
-                                .map(|(rp, ldr)| (rp.add((mb + mt) * ldr + p * NR), ldr)),
-                        };
-                        tile_scalar(r, &t);
-                        mt += r;
-                    }
-                }
-                mb += mc;
-            }
-            k0 += kc;
-            if k0 >= k {
-                break;
             }
         }
     }
@@ -1236,15 +1205,7 @@ mod tests {
         let w = rand_vec(co * ci * 9, 8);
         let bias = rand_vec(co, 2);
         let (want, oh, ow) = conv_ref(&x, ih, iw, ci, &w, co, 3, 2, &bias, true);
-        let b = PackedB::pack(
-            9 * ci,
-            co,
-            |kk, o| {
-                let (tap, c) = (kk / ci, kk % ci);
-                w[((o * ci + c) * 3 + tap / 3) * 3 + tap % 3]
-            },
-            Some(&bias),
-        );
+        let b = PackedB::from_oihw(&w, co, ci, 3, Some(&bias));
         let a = ASrc::Im2col(Im2col {
             ptr: planar.as_ptr(),
             ld: ih * iw,
@@ -1293,15 +1254,7 @@ mod tests {
             let w = rand_vec(co * ci * k * k, 8);
             let bias = rand_vec(co, 2);
             let (want, oh, ow) = conv_ref(&x, ih, iw, ci, &w, co, k, st, &bias, true);
-            let b = PackedB::pack(
-                k * k * ci,
-                co,
-                |kk, o| {
-                    let (tap, c) = (kk / ci, kk % ci);
-                    w[((o * ci + c) * k + tap / k) * k + tap % k]
-                },
-                Some(&bias),
-            );
+            let b = PackedB::from_oihw(&w, co, ci, k, Some(&bias));
             let (panel, pb) = b.panel(0).expect("one panel");
             let ldd = co + 1;
             let mut out = vec![f32::NAN; oh * ow * ldd];
@@ -1452,7 +1405,7 @@ mod tests {
     fn fast_exp_and_silu_accuracy() {
         let mut xs: Vec<f32> = (0..20001).map(|i| -100.0 + i as f32 * 0.01).collect();
         let orig = xs.clone();
-        exp_inplace(&mut xs);
+        map_inplace(&mut xs, Map::Exp);
         for (&x, &e) in orig.iter().zip(&xs) {
             // The range is clamped; the f32 rounding of x * log2(e) (half an ulp of up to 126)
             // adds |x| * 9e-8 of relative error far from 0, where only sigmoid saturation and
@@ -1466,7 +1419,7 @@ mod tests {
             );
         }
         let mut s = orig.clone();
-        silu_inplace(&mut s);
+        map_inplace(&mut s, Map::Silu);
         for (&x, &v) in orig.iter().zip(&s) {
             let want = x as f64 / (1.0 + (-(x as f64)).exp());
             assert!(

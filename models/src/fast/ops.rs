@@ -734,15 +734,7 @@ impl ConvW {
         stride: usize,
         act: bool,
     ) -> Self {
-        let b = PackedB::pack(
-            k * k * ci,
-            co,
-            |kk, o| {
-                let (tap, c) = (kk / ci, kk % ci);
-                w[((o * ci + c) * k + tap / k) * k + tap % k]
-            },
-            Some(bias),
-        );
+        let b = PackedB::from_oihw(w, co, ci, k, Some(bias));
         let wino = (k == 3 && stride == 1 && winograd::supported(ci, co))
             .then(|| WinogradW::new(w, co, ci, bias));
         Self {

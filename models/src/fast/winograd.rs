@@ -8,7 +8,7 @@
 
 use std::cell::RefCell;
 
-use super::kernels::{self, ASrc, Epilogue, PackedB};
+use super::kernels::{self, ASrc, Epilogue, PackedB, SendPtr};
 
 /// Transformed weights `U_xi = (G g G^T)_xi`, packed for the GEMM, one per tile position.
 #[derive(Debug, Clone)]
@@ -78,13 +78,6 @@ impl WinogradW {
 thread_local! {
     static WINO_BUF: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
-
-#[derive(Clone, Copy)]
-struct SendPtr<T>(T);
-// SAFETY: each thread writes the output pixels of its own tiles only; the rest is read-only.
-unsafe impl<T> Send for SendPtr<T> {}
-// SAFETY: as above.
-unsafe impl<T> Sync for SendPtr<T> {}
 
 /// Tiles per block: the block's V and M (16 x tiles x (ci + co) floats) stay within ~384 KiB.
 fn block_tiles(ci: usize, co: usize) -> usize {
