@@ -163,96 +163,256 @@ pub struct Settings {
 }
 
 impl Default for Settings {
+    /// The built-in defaults: each key's [`KeyInfo::default`] applied through its own parser, so
+    /// a default is written once, in [`KEYS`], and is always a value the key accepts.
     fn default() -> Self {
-        Settings {
-            server: ServerSettings {
-                host: IpAddr::from([127, 0, 0, 1]),
-                port: 4433,
-                http_port: None,
-                output_dir: PathBuf::from("./referee-output"),
-                data_dir: PathBuf::from("./referee-data"),
-            },
-            tls: TlsSettings::default(),
-            auth: AuthSettings::default(),
-            limits: Limits {
-                max_frame_bytes: 8 * 1024 * 1024,
-                max_signal_bytes: 256 * 1024,
-                max_message_bytes: 1024 * 1024,
-                max_concurrent_streams: 256,
-                idle_timeout_s: 30,
-                handshake_timeout_s: 10,
-                max_frames_per_session: 100_000,
-                max_streaming_sessions: 4,
-                max_streaming_memory_mb: 1024,
-                streaming_session_timeout_s: 60,
-            },
-            pose: PoseSettings {
-                model: None,
-                width: 640,
-                height: 384,
-                piste_band: (0.0, 1.0),
-                threads: 0,
-                workers: 0,
-            },
-            fisheye: FisheyeSettings {
-                enabled: false,
-                strength: -0.3,
-                balance: 0.0,
-            },
-            pipeline: PipelineSettings {
-                queue_depth: 8,
-                reorder_window: 32,
-            },
-            log_level: "info".to_string(),
-        }
+        let mut s = Settings::unset();
+        s.apply_defaults();
+        s
     }
 }
 
-/// Description of one setting: its dotted key, environment variable and allowed values.
+/// One setting, declared once: its dotted key, environment variable, default, allowed values
+/// and the parser that sets its typed field. [`KEYS`] lists them all; `Settings::default()`,
+/// the TOML file, the environment and [`Settings::set`] all go through this table.
 #[derive(Debug, Clone, Copy)]
 pub struct KeyInfo {
     /// Dotted key, as in the TOML file and for [`Settings::set`].
     pub key: &'static str,
     /// Environment variable that overrides it.
     pub env: &'static str,
+    /// The built-in default, as text accepted by [`Settings::set`] (`""` = empty/none).
+    pub default: &'static str,
     /// Human description of the allowed values.
     pub allowed: &'static str,
+    /// Parses a value and stores it in the key's field; `Err` = not an allowed value.
+    set: Setter,
 }
+
+/// Sets one typed field from a raw value, or refuses it (the caller names key, value and origin).
+type Setter = fn(&mut Settings, &Raw) -> Result<(), Bad>;
+
+/// A value refused by a key's parser; [`Settings::set_raw`] turns it into
+/// [`ConfigError::Invalid`] with the key's `allowed` text.
+#[derive(Debug)]
+struct Bad;
 
 const LEVELS: &[&str] = &["error", "warn", "info", "debug", "trace", "off"];
 
+/// An integer key `section.field`: its range is written once, for both the parser and the
+/// `allowed` text (`"an integer LO-HI"`, then the optional note).
+macro_rules! int_key {
+    ($sec:ident . $field:ident : $t:ty, $env:literal, default $def:literal,
+     $lo:literal ..= $hi:literal $(, $note:literal)?) => {
+        KeyInfo {
+            key: concat!(stringify!($sec), ".", stringify!($field)),
+            env: $env,
+            default: stringify!($def),
+            allowed: concat!("an integer ", $lo, "-", $hi $(, " ", $note)?),
+            set: |s, v| {
+                s.$sec.$field = int::<$t>(v, $lo, $hi)?;
+                Ok(())
+            },
+        }
+    };
+}
+
+const TOKENS_ALLOWED: &str =
+    "a list of tokens (comma-separated in env/CLI), each non-empty without whitespace or commas";
+
 /// Every setting, in file order.
 pub const KEYS: &[KeyInfo] = &[
-    KeyInfo { key: "log_level", env: "REFEREE_LOG_LEVEL", allowed: "error, warn, info, debug, trace, off, or a tracing directive like `info,referee_engine=debug`" },
-    KeyInfo { key: "server.host", env: "REFEREE_HOST", allowed: "an IPv4 or IPv6 address, or `localhost`" },
-    KeyInfo { key: "server.port", env: "REFEREE_PORT", allowed: "a port number 1-65535, or 0 for any free port" },
-    KeyInfo { key: "server.http_port", env: "REFEREE_HTTP_PORT", allowed: "a port number 1-65535, 0 for any free port, or empty for port + 1" },
-    KeyInfo { key: "server.output_dir", env: "REFEREE_OUTPUT_DIR", allowed: "a non-empty directory path" },
-    KeyInfo { key: "server.data_dir", env: "REFEREE_DATA_DIR", allowed: "a non-empty directory path" },
-    KeyInfo { key: "tls.cert", env: "REFEREE_TLS_CERT", allowed: "a PEM certificate chain file path, or empty" },
-    KeyInfo { key: "tls.key", env: "REFEREE_TLS_KEY", allowed: "a PEM private key file path, or empty" },
-    KeyInfo { key: "auth.capture_tokens", env: "REFEREE_CAPTURE_TOKENS", allowed: "a list of tokens (comma-separated in env/CLI), each non-empty without whitespace or commas" },
-    KeyInfo { key: "auth.feed_tokens", env: "REFEREE_FEED_TOKENS", allowed: "a list of tokens (comma-separated in env/CLI), each non-empty without whitespace or commas" },
-    KeyInfo { key: "limits.max_frame_bytes", env: "REFEREE_MAX_FRAME_BYTES", allowed: "an integer 1024-268435456 (bytes)" },
-    KeyInfo { key: "limits.max_signal_bytes", env: "REFEREE_MAX_SIGNAL_BYTES", allowed: "an integer 1024-67108864 (bytes)" },
-    KeyInfo { key: "limits.max_message_bytes", env: "REFEREE_MAX_MESSAGE_BYTES", allowed: "an integer 1024-268435456 (bytes)" },
-    KeyInfo { key: "limits.max_concurrent_streams", env: "REFEREE_MAX_CONCURRENT_STREAMS", allowed: "an integer 1-100000" },
-    KeyInfo { key: "limits.idle_timeout_s", env: "REFEREE_IDLE_TIMEOUT", allowed: "an integer 1-86400 (seconds)" },
-    KeyInfo { key: "limits.handshake_timeout_s", env: "REFEREE_HANDSHAKE_TIMEOUT", allowed: "an integer 1-600 (seconds)" },
-    KeyInfo { key: "limits.max_frames_per_session", env: "REFEREE_MAX_FRAMES_PER_SESSION", allowed: "an integer 1-1000000000" },
-    KeyInfo { key: "limits.max_streaming_sessions", env: "REFEREE_MAX_STREAMING_SESSIONS", allowed: "an integer 1-10000" },
-    KeyInfo { key: "limits.max_streaming_memory_mb", env: "REFEREE_MAX_STREAMING_MEMORY_MB", allowed: "an integer 16-1048576 (MiB)" },
-    KeyInfo { key: "limits.streaming_session_timeout_s", env: "REFEREE_STREAMING_SESSION_TIMEOUT", allowed: "an integer 1-86400 (seconds)" },
-    KeyInfo { key: "pose.model", env: "REFEREE_YOLO_MODEL", allowed: "a weights file path, or empty for the model cache's yolo11n-pose.safetensors" },
-    KeyInfo { key: "pose.size", env: "REFEREE_POSE_SIZE", allowed: "WIDTHxHEIGHT, each a multiple of 32 in 32-4096, e.g. 640x384" },
-    KeyInfo { key: "pose.piste_band", env: "REFEREE_PISTE_BAND", allowed: "TOP-BOTTOM fractions of the frame height with 0 <= TOP < BOTTOM <= 1, e.g. 0.25-0.9" },
-    KeyInfo { key: "pose.threads", env: "REFEREE_POSE_THREADS", allowed: "an integer 0-1024 (0 = the cores divided among the workers)" },
-    KeyInfo { key: "pose.workers", env: "REFEREE_POSE_WORKERS", allowed: "an integer 0-64 (0 = one per core)" },
-    KeyInfo { key: "fisheye.enabled", env: "REFEREE_FISHEYE_ENABLED", allowed: "true or false (also 1/0, yes/no, on/off)" },
-    KeyInfo { key: "fisheye.strength", env: "REFEREE_FISHEYE_STRENGTH", allowed: "a number in -1.0..=1.0 (negative = barrel correction)" },
-    KeyInfo { key: "fisheye.balance", env: "REFEREE_FISHEYE_BALANCE", allowed: "a number in 0.0..=1.0 (0 = crop to valid pixels, 1 = keep the whole frame)" },
-    KeyInfo { key: "pipeline.queue_depth", env: "REFEREE_QUEUE_DEPTH", allowed: "an integer 1-4096" },
-    KeyInfo { key: "pipeline.reorder_window", env: "REFEREE_REORDER_WINDOW", allowed: "an integer 1-100000" },
+    KeyInfo {
+        key: "log_level",
+        env: "REFEREE_LOG_LEVEL",
+        default: "info",
+        allowed: "error, warn, info, debug, trace, off, or a tracing directive like `info,referee_engine=debug`",
+        set: |s, v| {
+            s.log_level = log_level(v.text()?)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "server.host",
+        env: "REFEREE_HOST",
+        default: "127.0.0.1",
+        allowed: "an IPv4 or IPv6 address, or `localhost`",
+        set: |s, v| {
+            s.server.host = host(v.text()?)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "server.port",
+        env: "REFEREE_PORT",
+        default: "4433",
+        allowed: "a port number 1-65535, or 0 for any free port",
+        set: |s, v| {
+            s.server.port = int(v, 0, u16::MAX)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "server.http_port",
+        env: "REFEREE_HTTP_PORT",
+        default: "",
+        allowed: "a port number 1-65535, 0 for any free port, or empty for port + 1",
+        set: |s, v| {
+            s.server.http_port = match v.text()? {
+                "" => None,
+                _ => Some(int(v, 0, u16::MAX)?),
+            };
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "server.output_dir",
+        env: "REFEREE_OUTPUT_DIR",
+        default: "./referee-output",
+        allowed: "a non-empty directory path",
+        set: |s, v| {
+            s.server.output_dir = optional_path(v)?.ok_or(Bad)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "server.data_dir",
+        env: "REFEREE_DATA_DIR",
+        default: "./referee-data",
+        allowed: "a non-empty directory path",
+        set: |s, v| {
+            s.server.data_dir = optional_path(v)?.ok_or(Bad)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "tls.cert",
+        env: "REFEREE_TLS_CERT",
+        default: "",
+        allowed: "a PEM certificate chain file path, or empty",
+        set: |s, v| {
+            s.tls.cert = optional_path(v)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "tls.key",
+        env: "REFEREE_TLS_KEY",
+        default: "",
+        allowed: "a PEM private key file path, or empty",
+        set: |s, v| {
+            s.tls.key = optional_path(v)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "auth.capture_tokens",
+        env: "REFEREE_CAPTURE_TOKENS",
+        default: "",
+        allowed: TOKENS_ALLOWED,
+        set: |s, v| {
+            s.auth.capture_tokens = tokens(v)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "auth.feed_tokens",
+        env: "REFEREE_FEED_TOKENS",
+        default: "",
+        allowed: TOKENS_ALLOWED,
+        set: |s, v| {
+            s.auth.feed_tokens = tokens(v)?;
+            Ok(())
+        },
+    },
+    int_key!(limits.max_frame_bytes: usize, "REFEREE_MAX_FRAME_BYTES",
+        default 8388608, 1024..=268435456, "(bytes)"),
+    int_key!(limits.max_signal_bytes: usize, "REFEREE_MAX_SIGNAL_BYTES",
+        default 262144, 1024..=67108864, "(bytes)"),
+    int_key!(limits.max_message_bytes: usize, "REFEREE_MAX_MESSAGE_BYTES",
+        default 1048576, 1024..=268435456, "(bytes)"),
+    int_key!(limits.max_concurrent_streams: u32, "REFEREE_MAX_CONCURRENT_STREAMS",
+        default 256, 1..=100000),
+    int_key!(limits.idle_timeout_s: u64, "REFEREE_IDLE_TIMEOUT",
+        default 30, 1..=86400, "(seconds)"),
+    int_key!(limits.handshake_timeout_s: u64, "REFEREE_HANDSHAKE_TIMEOUT",
+        default 10, 1..=600, "(seconds)"),
+    int_key!(limits.max_frames_per_session: u64, "REFEREE_MAX_FRAMES_PER_SESSION",
+        default 100000, 1..=1000000000),
+    int_key!(limits.max_streaming_sessions: usize, "REFEREE_MAX_STREAMING_SESSIONS",
+        default 4, 1..=10000),
+    int_key!(limits.max_streaming_memory_mb: u64, "REFEREE_MAX_STREAMING_MEMORY_MB",
+        default 1024, 16..=1048576, "(MiB)"),
+    int_key!(limits.streaming_session_timeout_s: u64, "REFEREE_STREAMING_SESSION_TIMEOUT",
+        default 60, 1..=86400, "(seconds)"),
+    KeyInfo {
+        key: "pose.model",
+        env: "REFEREE_YOLO_MODEL",
+        default: "",
+        allowed: "a weights file path, or empty for the model cache's yolo11n-pose.safetensors",
+        set: |s, v| {
+            s.pose.model = optional_path(v)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "pose.size",
+        env: "REFEREE_POSE_SIZE",
+        default: "640x384",
+        allowed: "WIDTHxHEIGHT, each a multiple of 32 in 32-4096, e.g. 640x384",
+        set: |s, v| {
+            (s.pose.width, s.pose.height) = parse_pose_size(v.text()?).map_err(|_| Bad)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "pose.piste_band",
+        env: "REFEREE_PISTE_BAND",
+        default: "0.0-1.0",
+        allowed: "TOP-BOTTOM fractions of the frame height with 0 <= TOP < BOTTOM <= 1, e.g. 0.25-0.9",
+        set: |s, v| {
+            s.pose.piste_band = band(v.text()?)?;
+            Ok(())
+        },
+    },
+    int_key!(pose.threads: usize, "REFEREE_POSE_THREADS",
+        default 0, 0..=1024, "(0 = the cores divided among the workers)"),
+    int_key!(pose.workers: usize, "REFEREE_POSE_WORKERS",
+        default 0, 0..=64, "(0 = one per core)"),
+    KeyInfo {
+        key: "fisheye.enabled",
+        env: "REFEREE_FISHEYE_ENABLED",
+        default: "false",
+        allowed: "true or false (also 1/0, yes/no, on/off)",
+        set: |s, v| {
+            s.fisheye.enabled = boolean(v.text()?)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "fisheye.strength",
+        env: "REFEREE_FISHEYE_STRENGTH",
+        default: "-0.3",
+        allowed: "a number in -1.0..=1.0 (negative = barrel correction)",
+        set: |s, v| {
+            s.fisheye.strength = float_in(v.text()?, -1.0, 1.0)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "fisheye.balance",
+        env: "REFEREE_FISHEYE_BALANCE",
+        default: "0.0",
+        allowed: "a number in 0.0..=1.0 (0 = crop to valid pixels, 1 = keep the whole frame)",
+        set: |s, v| {
+            s.fisheye.balance = float_in(v.text()?, 0.0, 1.0)?;
+            Ok(())
+        },
+    },
+    int_key!(pipeline.queue_depth: usize, "REFEREE_QUEUE_DEPTH",
+        default 8, 1..=4096),
+    int_key!(pipeline.reorder_window: usize, "REFEREE_REORDER_WINDOW",
+        default 32, 1..=100000),
 ];
 
 /// A value before validation: a scalar as text, or a list of strings (TOML arrays).
@@ -267,6 +427,102 @@ impl Raw {
             Raw::Text(s) => s.clone(),
             Raw::List(v) => format!("[{}]", v.join(", ")),
         }
+    }
+
+    /// The trimmed text of a scalar; lists are only valid for the token keys.
+    fn text(&self) -> Result<&str, Bad> {
+        match self {
+            Raw::Text(t) => Ok(t.trim()),
+            Raw::List(_) => Err(Bad),
+        }
+    }
+}
+
+/// An integer in `lo..=hi`; `_` separators are allowed (`1_000_000`).
+fn int<T: std::str::FromStr + PartialOrd>(v: &Raw, lo: T, hi: T) -> Result<T, Bad> {
+    let n: T = v.text()?.replace('_', "").parse().map_err(|_| Bad)?;
+    if lo <= n && n <= hi {
+        Ok(n)
+    } else {
+        Err(Bad)
+    }
+}
+
+/// A path, or `None` for empty text.
+fn optional_path(v: &Raw) -> Result<Option<PathBuf>, Bad> {
+    let t = v.text()?;
+    Ok((!t.is_empty()).then(|| PathBuf::from(t)))
+}
+
+fn float_in(t: &str, lo: f32, hi: f32) -> Result<f32, Bad> {
+    let v: f32 = t.parse().map_err(|_| Bad)?;
+    if v.is_finite() && v >= lo && v <= hi {
+        Ok(v)
+    } else {
+        Err(Bad)
+    }
+}
+
+fn log_level(t: &str) -> Result<String, Bad> {
+    if t.is_empty() || t.chars().any(char::is_whitespace) {
+        return Err(Bad);
+    }
+    // Plain words must be a known level; directives (with = , or ::) are passed on.
+    let plain = !t.contains(['=', ',', ':']);
+    if plain && !LEVELS.contains(&t.to_ascii_lowercase().as_str()) {
+        return Err(Bad);
+    }
+    Ok(t.to_string())
+}
+
+fn host(t: &str) -> Result<IpAddr, Bad> {
+    if t.eq_ignore_ascii_case("localhost") {
+        return Ok(IpAddr::from([127, 0, 0, 1]));
+    }
+    t.trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse()
+        .map_err(|_| Bad)
+}
+
+/// Tokens from a TOML array, or comma-separated text (empty items dropped).
+fn tokens(v: &Raw) -> Result<Vec<String>, Bad> {
+    let list: Vec<String> = match v {
+        Raw::Text(t) => t
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
+        Raw::List(v) => v.clone(),
+    };
+    if list
+        .iter()
+        .any(|t| t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace))
+    {
+        return Err(Bad);
+    }
+    Ok(list)
+}
+
+fn boolean(t: &str) -> Result<bool, Bad> {
+    match t.to_ascii_lowercase().as_str() {
+        "true" | "1" | "yes" | "on" => Ok(true),
+        "false" | "0" | "no" | "off" => Ok(false),
+        _ => Err(Bad),
+    }
+}
+
+/// `TOP-BOTTOM` fractions of the frame height.
+fn band(t: &str) -> Result<(f32, f32), Bad> {
+    // Split on the '-' between the two numbers (neither may be negative).
+    let (a, b) = t.split_once('-').ok_or(Bad)?;
+    let a: f32 = a.trim().parse().map_err(|_| Bad)?;
+    let b: f32 = b.trim().parse().map_err(|_| Bad)?;
+    if a.is_finite() && b.is_finite() && 0.0 <= a && a < b && b <= 1.0 {
+        Ok((a, b))
+    } else {
+        Err(Bad)
     }
 }
 
@@ -437,169 +693,218 @@ impl Settings {
                 known: known_keys(),
             });
         };
-        let bad = || ConfigError::Invalid {
+        (info.set)(self, &raw).map_err(|Bad| ConfigError::Invalid {
             key: key.to_string(),
             value: raw.display(),
             allowed: info.allowed.to_string(),
             origin: origin.to_string(),
-        };
-        // Lists are only valid for the token keys; everything else wants text.
-        let text = match &raw {
-            Raw::Text(t) => Some(t.trim()),
-            Raw::List(_) => None,
-        };
-        let text_or_bad = || text.ok_or_else(bad);
-        macro_rules! int {
-            ($t:ty, $lo:expr, $hi:expr) => {{
-                let v: $t = text_or_bad()?.replace('_', "").parse().map_err(|_| bad())?;
-                if !($lo..=$hi).contains(&v) {
-                    return Err(bad());
-                }
-                v
-            }};
+        })
+    }
+
+    /// Placeholder values, every one of them overwritten by [`Settings::apply_defaults`] (a
+    /// unit test checks that no field is left out of [`KEYS`]).
+    fn unset() -> Self {
+        Settings {
+            server: ServerSettings {
+                host: IpAddr::from([0, 0, 0, 0]),
+                port: 0,
+                http_port: None,
+                output_dir: PathBuf::new(),
+                data_dir: PathBuf::new(),
+            },
+            tls: TlsSettings::default(),
+            auth: AuthSettings::default(),
+            limits: Limits {
+                max_frame_bytes: 0,
+                max_signal_bytes: 0,
+                max_message_bytes: 0,
+                max_concurrent_streams: 0,
+                idle_timeout_s: 0,
+                handshake_timeout_s: 0,
+                max_frames_per_session: 0,
+                max_streaming_sessions: 0,
+                max_streaming_memory_mb: 0,
+                streaming_session_timeout_s: 0,
+            },
+            pose: PoseSettings {
+                model: None,
+                width: 0,
+                height: 0,
+                piste_band: (0.0, 0.0),
+                threads: 0,
+                workers: 0,
+            },
+            fisheye: FisheyeSettings {
+                enabled: false,
+                strength: 0.0,
+                balance: 0.0,
+            },
+            pipeline: PipelineSettings {
+                queue_depth: 0,
+                reorder_window: 0,
+            },
+            log_level: String::new(),
         }
-        match key {
-            "log_level" => {
-                let t = text_or_bad()?;
-                if t.is_empty() || t.chars().any(char::is_whitespace) {
-                    return Err(bad());
-                }
-                // Plain words must be a known level; directives (with = , or ::) are passed on.
-                let plain = !t.contains(['=', ',', ':']);
-                if plain && !LEVELS.contains(&t.to_ascii_lowercase().as_str()) {
-                    return Err(bad());
-                }
-                self.log_level = t.to_string();
-            }
-            "server.host" => {
-                let t = text_or_bad()?;
-                self.server.host = if t.eq_ignore_ascii_case("localhost") {
-                    IpAddr::from([127, 0, 0, 1])
-                } else {
-                    t.trim_start_matches('[')
-                        .trim_end_matches(']')
-                        .parse()
-                        .map_err(|_| bad())?
-                };
-            }
-            "server.port" => self.server.port = int!(u16, 0, u16::MAX),
-            "server.http_port" => {
-                self.server.http_port = if text_or_bad()?.is_empty() {
-                    None
-                } else {
-                    Some(int!(u16, 0, u16::MAX))
-                }
-            }
-            "server.output_dir" => {
-                self.server.output_dir = nonempty_path(text_or_bad()?).ok_or_else(bad)?
-            }
-            "server.data_dir" => {
-                self.server.data_dir = nonempty_path(text_or_bad()?).ok_or_else(bad)?
-            }
-            "tls.cert" => self.tls.cert = nonempty_path(text_or_bad()?),
-            "tls.key" => self.tls.key = nonempty_path(text_or_bad()?),
-            "auth.capture_tokens" | "auth.feed_tokens" => {
-                let list: Vec<String> = match &raw {
-                    Raw::Text(t) => t
-                        .split(',')
-                        .map(str::trim)
-                        .filter(|s| !s.is_empty())
-                        .map(str::to_string)
-                        .collect(),
-                    Raw::List(v) => v.clone(),
-                };
-                if list
-                    .iter()
-                    .any(|t| t.is_empty() || t.contains(',') || t.chars().any(char::is_whitespace))
-                {
-                    return Err(bad());
-                }
-                if key == "auth.capture_tokens" {
-                    self.auth.capture_tokens = list;
-                } else {
-                    self.auth.feed_tokens = list;
-                }
-            }
-            "limits.max_frame_bytes" => self.limits.max_frame_bytes = int!(usize, 1024, 256 << 20),
-            "limits.max_signal_bytes" => self.limits.max_signal_bytes = int!(usize, 1024, 64 << 20),
-            "limits.max_message_bytes" => {
-                self.limits.max_message_bytes = int!(usize, 1024, 256 << 20)
-            }
-            "limits.max_concurrent_streams" => {
-                self.limits.max_concurrent_streams = int!(u32, 1, 100_000)
-            }
-            "limits.idle_timeout_s" => self.limits.idle_timeout_s = int!(u64, 1, 86_400),
-            "limits.handshake_timeout_s" => self.limits.handshake_timeout_s = int!(u64, 1, 600),
-            "limits.max_frames_per_session" => {
-                self.limits.max_frames_per_session = int!(u64, 1, 1_000_000_000)
-            }
-            "limits.max_streaming_sessions" => {
-                self.limits.max_streaming_sessions = int!(usize, 1, 10_000)
-            }
-            "limits.max_streaming_memory_mb" => {
-                self.limits.max_streaming_memory_mb = int!(u64, 16, 1_048_576)
-            }
-            "limits.streaming_session_timeout_s" => {
-                self.limits.streaming_session_timeout_s = int!(u64, 1, 86_400)
-            }
-            "pose.model" => self.pose.model = nonempty_path(text_or_bad()?),
-            "pose.size" => {
-                let t = text_or_bad()?.to_ascii_lowercase();
-                let (w, h) = t.split_once('x').ok_or_else(bad)?;
-                let w: u32 = w.trim().parse().map_err(|_| bad())?;
-                let h: u32 = h.trim().parse().map_err(|_| bad())?;
-                let ok = |v: u32| (32..=4096).contains(&v) && v.is_multiple_of(32);
-                if !ok(w) || !ok(h) {
-                    return Err(bad());
-                }
-                self.pose.width = w;
-                self.pose.height = h;
-            }
-            "pose.piste_band" => {
-                let t = text_or_bad()?;
-                // Split on the '-' between the two numbers (neither may be negative).
-                let (a, b) = t.split_once('-').ok_or_else(bad)?;
-                let a: f32 = a.trim().parse().map_err(|_| bad())?;
-                let b: f32 = b.trim().parse().map_err(|_| bad())?;
-                if !(a.is_finite() && b.is_finite() && 0.0 <= a && a < b && b <= 1.0) {
-                    return Err(bad());
-                }
-                self.pose.piste_band = (a, b);
-            }
-            "pose.threads" => self.pose.threads = int!(usize, 0, 1024),
-            "pose.workers" => self.pose.workers = int!(usize, 0, 64),
-            "fisheye.enabled" => {
-                self.fisheye.enabled = match text_or_bad()?.to_ascii_lowercase().as_str() {
-                    "true" | "1" | "yes" | "on" => true,
-                    "false" | "0" | "no" | "off" => false,
-                    _ => return Err(bad()),
-                }
-            }
-            "fisheye.strength" => {
-                self.fisheye.strength = float_in(text_or_bad()?, -1.0, 1.0).ok_or_else(bad)?
-            }
-            "fisheye.balance" => {
-                self.fisheye.balance = float_in(text_or_bad()?, 0.0, 1.0).ok_or_else(bad)?
-            }
-            "pipeline.queue_depth" => self.pipeline.queue_depth = int!(usize, 1, 4096),
-            "pipeline.reorder_window" => self.pipeline.reorder_window = int!(usize, 1, 100_000),
-            _ => {
-                return Err(ConfigError::UnknownKey {
-                    key: key.to_string(),
-                    origin: origin.to_string(),
-                    known: known_keys(),
-                })
+    }
+
+    /// Applies every key's built-in default through its own parser.
+    fn apply_defaults(&mut self) {
+        for info in KEYS {
+            if (info.set)(self, &Raw::Text(info.default.to_string())).is_err() {
+                panic!(
+                    "built-in default {:?} of `{}` is refused by its own parser",
+                    info.default, info.key
+                );
             }
         }
-        Ok(())
     }
 }
 
-fn nonempty_path(t: &str) -> Option<PathBuf> {
-    (!t.is_empty()).then(|| PathBuf::from(t))
+/// Parses `WIDTHxHEIGHT` (`x` or `X`; spaces around either number are allowed) into two
+/// positive integers. The one parser of frame and network sizes for the config, the CLIs and
+/// the capture agent.
+pub fn parse_wxh(s: &str) -> Result<(u32, u32), String> {
+    let expected = "expected WIDTHxHEIGHT, e.g. 640x384";
+    let Some((w, h)) = s.split_once(['x', 'X']) else {
+        return Err(format!("{s:?}: {expected}"));
+    };
+    let number = |part: &str, what: &str| -> Result<u32, String> {
+        let part = part.trim();
+        let n = (!part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| part.parse::<u32>().ok())
+            .flatten()
+            .filter(|&n| n > 0);
+        n.ok_or_else(|| {
+            format!("{s:?}: the {what} {part:?} is not a positive integer ({expected})")
+        })
+    };
+    Ok((number(w, "width")?, number(h, "height")?))
 }
 
-fn float_in(t: &str, lo: f32, hi: f32) -> Option<f32> {
-    let v: f32 = t.parse().ok()?;
-    (v.is_finite() && v >= lo && v <= hi).then_some(v)
+/// Largest pose network input side accepted (`pose.size`, `referee pose --size`).
+pub const POSE_SIZE_MAX: u32 = 4096;
+
+/// Parses a pose network input size: [`parse_wxh`], each side a multiple of 32 in
+/// 32..=[`POSE_SIZE_MAX`] (the network downsamples by 32).
+pub fn parse_pose_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = parse_wxh(s)?;
+    let ok = |v: u32| v <= POSE_SIZE_MAX && v.is_multiple_of(32);
+    if ok(w) && ok(h) {
+        Ok((w, h))
+    } else {
+        Err(format!(
+            "{s:?}: width and height must be multiples of 32 in 32-{POSE_SIZE_MAX}, e.g. 640x384"
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_cover_every_field() {
+        // Start from values that differ from both the placeholders and the defaults in every
+        // field: if a field had no key in KEYS, applying the defaults would leave it different.
+        let mut s = Settings {
+            server: ServerSettings {
+                host: IpAddr::from([10, 1, 2, 3]),
+                port: 1,
+                http_port: Some(2),
+                output_dir: PathBuf::from("x"),
+                data_dir: PathBuf::from("y"),
+            },
+            tls: TlsSettings {
+                cert: Some(PathBuf::from("c")),
+                key: Some(PathBuf::from("k")),
+            },
+            auth: AuthSettings {
+                capture_tokens: vec!["a".into()],
+                feed_tokens: vec!["b".into()],
+            },
+            limits: Limits {
+                max_frame_bytes: 1,
+                max_signal_bytes: 1,
+                max_message_bytes: 1,
+                max_concurrent_streams: 1,
+                idle_timeout_s: 1,
+                handshake_timeout_s: 1,
+                max_frames_per_session: 1,
+                max_streaming_sessions: 1,
+                max_streaming_memory_mb: 1,
+                streaming_session_timeout_s: 1,
+            },
+            pose: PoseSettings {
+                model: Some(PathBuf::from("m")),
+                width: 1,
+                height: 1,
+                piste_band: (0.5, 0.5),
+                threads: 1,
+                workers: 1,
+            },
+            fisheye: FisheyeSettings {
+                enabled: true,
+                strength: 0.5,
+                balance: 0.5,
+            },
+            pipeline: PipelineSettings {
+                queue_depth: 1,
+                reorder_window: 1,
+            },
+            log_level: "x".into(),
+        };
+        s.apply_defaults();
+        assert_eq!(s, Settings::default());
+    }
+
+    #[test]
+    fn wxh_accepts_sizes() {
+        assert_eq!(parse_wxh("640x384"), Ok((640, 384)));
+        assert_eq!(parse_wxh("1280X720"), Ok((1280, 720)));
+        assert_eq!(parse_wxh(" 1 x 1 "), Ok((1, 1)));
+        assert_eq!(parse_wxh("1920x1080"), Ok((1920, 1080)));
+    }
+
+    #[test]
+    fn wxh_refuses_bad_input_with_a_clear_message() {
+        for bad in [
+            "",
+            " ",
+            "640",
+            "x",
+            "640x",
+            "x384",
+            "0x384",
+            "640x0",
+            "axb",
+            "640xb",
+            "640x384x2",
+            "6 40x384",
+            "640x3 84",
+            "-640x384",
+            "+640x384",
+            "640.0x384",
+            "640*384",
+            "99999999999x1",
+        ] {
+            let err = parse_wxh(bad).expect_err(bad);
+            assert!(err.contains("WIDTHxHEIGHT"), "{bad:?}: {err}");
+            assert!(err.contains(&format!("{bad:?}")), "{bad:?}: {err}");
+        }
+        assert!(parse_wxh("axb").unwrap_err().contains("width"));
+        assert!(parse_wxh("640xb").unwrap_err().contains("height"));
+    }
+
+    #[test]
+    fn pose_size_wants_multiples_of_32() {
+        assert_eq!(parse_pose_size("640x384"), Ok((640, 384)));
+        assert_eq!(parse_pose_size("1280X736"), Ok((1280, 736)));
+        assert_eq!(parse_pose_size("32x4096"), Ok((32, 4096)));
+        for bad in ["640x360", "0x32", "4128x32", "16x32", "640"] {
+            assert!(parse_pose_size(bad).is_err(), "{bad}");
+        }
+        assert!(parse_pose_size("640x360")
+            .unwrap_err()
+            .contains("multiples of 32"));
+    }
 }

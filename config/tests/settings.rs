@@ -259,3 +259,53 @@ fn debug_output_never_shows_tokens() {
     assert!(!text.contains("s3cret-token"), "{text}");
     assert!(text.contains("redacted"));
 }
+
+#[test]
+fn every_key_is_declared_once_and_its_default_round_trips() {
+    let defaults = Settings::default();
+    let text = shipped_file();
+    let table: toml::Table = text.parse().unwrap();
+    for (i, info) in KEYS.iter().enumerate() {
+        assert!(
+            KEYS[..i]
+                .iter()
+                .all(|k| k.key != info.key && k.env != info.env),
+            "{} or {} is declared twice",
+            info.key,
+            info.env
+        );
+        assert_eq!(
+            referee_config::key_info(info.key).map(|k| k.env),
+            Some(info.env)
+        );
+        // The default string is accepted by the key's parser and is the built-in default,
+        // whether it comes from the command line, the environment or the file.
+        let mut s = Settings::default();
+        s.set(info.key, info.default)
+            .unwrap_or_else(|e| panic!("default of {}: {e}", info.key));
+        assert_eq!(s, defaults, "{} = {:?}", info.key, info.default);
+        let from_env = Settings::from_sources(None, &env(&[(info.env, info.default)])).unwrap();
+        assert_eq!(from_env, defaults, "{}={:?}", info.env, info.default);
+        // referee.toml shows this key with a value equal to the default.
+        let (section, name) = match info.key.split_once('.') {
+            Some((sec, k)) => (Some(sec), k),
+            None => (None, info.key),
+        };
+        let value = match section {
+            Some(sec) => table.get(sec).and_then(|t| t.get(name)),
+            None => table.get(name),
+        }
+        .unwrap_or_else(|| panic!("referee.toml lacks key {}", info.key));
+        let line = match section {
+            Some(sec) => format!("[{sec}]\n{name} = {value}\n"),
+            None => format!("{name} = {value}\n"),
+        };
+        assert_eq!(
+            Settings::from_sources(Some(&line), &[]).unwrap(),
+            defaults,
+            "referee.toml's {} = {value} is not the default {:?}",
+            info.key,
+            info.default
+        );
+    }
+}
