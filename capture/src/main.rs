@@ -135,17 +135,7 @@ fn main() -> ExitCode {
 }
 
 fn parse_size(s: &str) -> anyhow::Result<(u32, u32)> {
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .with_context(|| format!("--size {s:?}: expected WIDTHxHEIGHT, e.g. 1280x720"))?;
-    Ok((
-        w.trim()
-            .parse()
-            .with_context(|| format!("--size {s:?}: bad width"))?,
-        h.trim()
-            .parse()
-            .with_context(|| format!("--size {s:?}: bad height"))?,
-    ))
+    referee_config::parse_wxh(s).map_err(|e| anyhow::anyhow!("--size {e}"))
 }
 
 /// Resolves SERVER to an address and the host name used for certificate checks.

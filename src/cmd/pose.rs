@@ -27,25 +27,11 @@ pub struct Args {
     iou: f32,
 }
 
-/// Parses `WxH` into (width, height), both positive multiples of 32.
+/// Parses `WxH` into (width, height): a pose network input size, both multiples of 32
+/// (the rule of `pose.size`, [`referee_config::parse_pose_size`]).
 pub fn parse_size(s: &str) -> Result<(usize, usize), String> {
-    let (w, h) = s
-        .split_once(['x', 'X'])
-        .ok_or_else(|| format!("size `{s}` must look like 640x384"))?;
-    let w: usize = w
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad width in `{s}`"))?;
-    let h: usize = h
-        .trim()
-        .parse()
-        .map_err(|_| format!("bad height in `{s}`"))?;
-    if w == 0 || h == 0 || !w.is_multiple_of(32) || !h.is_multiple_of(32) {
-        return Err(format!(
-            "size `{s}`: width and height must be positive multiples of 32"
-        ));
-    }
-    Ok((w, h))
+    let (w, h) = referee_config::parse_pose_size(s)?;
+    Ok((w as usize, h as usize))
 }
 
 /// One frame's persons as the JSON object printed by `referee pose --json`.
@@ -123,7 +109,7 @@ pub fn frame_rgb(
     match &frame.data {
         FrameData::Rgb(b) => Ok((frame.width as usize, frame.height as usize, b.clone())),
         FrameData::Jpeg(b) => {
-            let img = referee_models::image::decode_jpeg(b)
+            let img = referee_models::image::decode_image(b)
                 .with_context(|| format!("frame {}", frame.index))?;
             Ok((img.width, img.height, img.data))
         }

@@ -213,13 +213,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         args.size.clone()
     };
     let frames_wanted = args.frames.max(1);
-    if let Some((w, h)) = args
-        .size
-        .iter()
-        .find(|(w, h)| w % 32 != 0 || h % 32 != 0 || *w == 0 || *h == 0)
-    {
-        anyhow::bail!("--size {w}x{h}: width and height must be positive multiples of 32");
-    }
     let clip = args.video.clone().or_else(default_clip);
     let (source, raw_frames) = match clip
         .as_deref()
