@@ -556,83 +556,98 @@ unsafe fn tile_scalar(r: usize, t: &Tile) {
     }
 }
 
-/// Reference depthwise 3x3 (stride 1, pad 1) over NHWC, scalar: used as fallback and in tests.
+/// Operands of a depthwise 3x3 convolution (stride 1, pad 1) over NHWC with a fused bias
+/// and optional SiLU.
+#[derive(Debug, Clone, Copy)]
+pub struct Depthwise {
+    /// `h*w` input pixels at stride `lds`, `c` channels.
+    pub src: *const f32,
+    /// Input pixel stride.
+    pub lds: usize,
+    /// `h*w` output pixels at stride `ldd`, `c` channels.
+    pub dst: *mut f32,
+    /// Output pixel stride.
+    pub ldd: usize,
+    /// Height.
+    pub h: usize,
+    /// Width.
+    pub w: usize,
+    /// Channels.
+    pub c: usize,
+    /// `9 * wld` floats, tap-major: tap `t` of channel `ch` at `wt + t*wld + ch`.
+    pub wt: *const f32,
+    /// Tap stride of `wt`.
+    pub wld: usize,
+    /// `c` biases.
+    pub bias: *const f32,
+    /// SiLU after the bias.
+    pub act: bool,
+}
+
+/// Reference depthwise 3x3 over rows `rows`, scalar: used as fallback and in tests.
 ///
 /// # Safety
-/// `src` (h*w pixels at stride `lds`, `c` channels), `dst` (stride `ldd`) valid, not overlapping;
-/// `w` holds `9 * wld` floats (tap-major, channel `c0 + ch`), `bias` `c` floats.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn dw3x3_scalar(
-    src: *const f32,
-    lds: usize,
-    dst: *mut f32,
-    ldd: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    wt: *const f32,
-    wld: usize,
-    bias: *const f32,
-    act: bool,
-    rows: (usize, usize),
-) {
+/// Every pointer of `g` valid for what its field says; `dst` does not overlap `src`.
+pub unsafe fn dw3x3_scalar(g: &Depthwise, rows: (usize, usize)) {
     for y in rows.0..rows.1 {
-        for x in 0..w {
-            let d = dst.add((y * w + x) * ldd);
-            for ch in 0..c {
-                let mut s = *bias.add(ch);
+        for x in 0..g.w {
+            let d = g.dst.add((y * g.w + x) * g.ldd);
+            for ch in 0..g.c {
+                let mut s = *g.bias.add(ch);
                 for ky in 0..3 {
                     let iy = y as isize + ky as isize - 1;
-                    if iy < 0 || iy as usize >= h {
+                    if iy < 0 || iy as usize >= g.h {
                         continue;
                     }
                     for kx in 0..3 {
                         let ix = x as isize + kx as isize - 1;
-                        if ix < 0 || ix as usize >= w {
+                        if ix < 0 || ix as usize >= g.w {
                             continue;
                         }
-                        let v = *src.add((iy as usize * w + ix as usize) * lds + ch);
-                        s += v * *wt.add((ky * 3 + kx) * wld + ch);
+                        let v = *g.src.add((iy as usize * g.w + ix as usize) * g.lds + ch);
+                        s += v * *g.wt.add((ky * 3 + kx) * g.wld + ch);
                     }
                 }
-                *d.add(ch) = if act { silu(s) } else { s };
+                *d.add(ch) = if g.act { silu(s) } else { s };
             }
         }
     }
 }
 
-/// Depthwise 3x3, stride 1, pad 1, NHWC, fused bias and optional SiLU, multi-threaded over rows.
+/// Depthwise 3x3, multi-threaded over rows.
 ///
 /// # Safety
 /// As [`dw3x3_scalar`] for all rows.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn dw3x3(
-    src: *const f32,
-    lds: usize,
-    dst: *mut f32,
-    ldd: usize,
-    h: usize,
-    w: usize,
-    c: usize,
-    wt: *const f32,
-    wld: usize,
-    bias: *const f32,
-    act: bool,
-) {
-    let flops = 18.0 * (h * w * c) as f64;
-    let (s, d, wt, b) = (SendPtr(src), SendPtr(dst), SendPtr(wt), SendPtr(bias));
-    let avx = has_avx2() && c.is_multiple_of(8);
-    par_rows(h, 1, flops, |lo, hi| {
-        let (s, d, wt, b) = (s, d, wt, b);
+pub unsafe fn dw3x3(g: &Depthwise) {
+    let flops = 18.0 * (g.h * g.w * g.c) as f64;
+    let avx = has_avx2() && g.c.is_multiple_of(8);
+    let g = SendPtr(*g);
+    par_rows(g.0.h, 1, flops, |lo, hi| {
+        let g = &g.get();
         #[cfg(target_arch = "x86_64")]
         if avx {
             // SAFETY: rows lo..hi of dst belong to this chunk; c is a multiple of 8.
-            unsafe { avx::dw3x3(s.0, lds, d.0, ldd, h, w, c, wt.0, wld, b.0, act, (lo, hi)) };
+            unsafe {
+                avx::dw3x3(
+                    g.src,
+                    g.lds,
+                    g.dst,
+                    g.ldd,
+                    g.h,
+                    g.w,
+                    g.c,
+                    g.wt,
+                    g.wld,
+                    g.bias,
+                    g.act,
+                    (lo, hi),
+                )
+            };
             return;
         }
         let _ = avx;
         // SAFETY: as above.
-        unsafe { dw3x3_scalar(s.0, lds, d.0, ldd, h, w, c, wt.0, wld, b.0, act, (lo, hi)) };
+        unsafe { dw3x3_scalar(g, (lo, hi)) };
     });
 }
 
@@ -1353,35 +1368,26 @@ mod tests {
             let bias = rand_vec(c, 13);
             let mut want = vec![0f32; h * w * c];
             let mut got = vec![0f32; h * w * c];
+            let g = Depthwise {
+                src: x.as_ptr(),
+                lds: c,
+                dst: want.as_mut_ptr(),
+                ldd: c,
+                h,
+                w,
+                c,
+                wt: wt.as_ptr(),
+                wld: c,
+                bias: bias.as_ptr(),
+                act: true,
+            };
             // SAFETY: buffers sized h*w*c, weights 9*c, bias c.
             unsafe {
-                dw3x3_scalar(
-                    x.as_ptr(),
-                    c,
-                    want.as_mut_ptr(),
-                    c,
-                    h,
-                    w,
-                    c,
-                    wt.as_ptr(),
-                    c,
-                    bias.as_ptr(),
-                    true,
-                    (0, h),
-                );
-                dw3x3(
-                    x.as_ptr(),
-                    c,
-                    got.as_mut_ptr(),
-                    c,
-                    h,
-                    w,
-                    c,
-                    wt.as_ptr(),
-                    c,
-                    bias.as_ptr(),
-                    true,
-                );
+                dw3x3_scalar(&g, (0, h));
+                dw3x3(&Depthwise {
+                    dst: got.as_mut_ptr(),
+                    ..g
+                });
             }
             // Check the scalar one against an independent formula at one interior pixel.
             if h > 2 && w > 2 {

@@ -525,19 +525,19 @@ impl Arena {
         // SAFETY: views checked in bounds and disjoint; weights hold 9 x dw.c and bias dw.c,
         // and c0 + src.c <= dw.c.
         unsafe {
-            kernels::dw3x3(
-                base.add(src.off),
-                src.ld,
-                base.add(dst.off),
-                dst.ld,
-                src.h,
-                src.w,
-                src.c,
-                dw.w.as_ptr().add(c0),
-                dw.c,
-                dw.bias.as_ptr().add(c0),
-                dw.act,
-            )
+            kernels::dw3x3(&kernels::Depthwise {
+                src: base.add(src.off),
+                lds: src.ld,
+                dst: base.add(dst.off),
+                ldd: dst.ld,
+                h: src.h,
+                w: src.w,
+                c: src.c,
+                wt: dw.w.as_ptr().add(c0),
+                wld: dw.c,
+                bias: dw.bias.as_ptr().add(c0),
+                act: dw.act,
+            })
         };
         self.record(Kind::Depthwise, t0, 18.0 * (src.pixels() * src.c) as f64);
         Ok(())
