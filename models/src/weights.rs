@@ -220,15 +220,11 @@ pub(crate) fn fold_bn(
 mod tests {
     use super::*;
 
+    /// `n` values in [lo, hi).
     fn rand_vec(n: usize, seed: u64, lo: f32, hi: f32) -> Vec<f32> {
-        let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                lo + (hi - lo) * ((s >> 40) as f32 / (1u64 << 24) as f32)
-            })
+        let unit = crate::fast::testing::rand_vec(n, seed);
+        unit.iter()
+            .map(|v| lo + (hi - lo) * (v + 1.0) / 2.0)
             .collect()
     }
 
