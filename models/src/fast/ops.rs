@@ -157,6 +157,26 @@ fn bad(msg: String) -> ModelError {
     ModelError::Input(format!("fast path: {msg}"))
 }
 
+/// The fused epilogue: SiLU or not, and the view `res` of the arena starting at `base` (which
+/// the caller has checked) as the residual.
+fn epilogue(base: *mut f32, silu: bool, res: Option<View>) -> Epilogue {
+    Epilogue {
+        silu,
+        residual: res.map(|r| (base.wrapping_add(r.off) as *const f32, r.ld)),
+    }
+}
+
+impl Kind {
+    /// The kind of a k x k dense convolution.
+    fn conv(k: usize) -> Self {
+        if k == 1 {
+            Kind::Conv1x1
+        } else {
+            Kind::Conv3x3
+        }
+    }
+}
+
 impl Arena {
     /// Starts a new frame: all previous views become invalid.
     pub fn reset(&mut self) {
@@ -205,7 +225,8 @@ impl Arena {
         &self.data
     }
 
-    fn check(&self, v: &View, what: &str) -> Result<(), ModelError> {
+    /// Whether `v` lies inside the arena (`what` names it in the error, formatted only then).
+    fn check(&self, v: &View, what: impl std::fmt::Display) -> Result<(), ModelError> {
         if v.c > v.ld || v.end() > self.data.len() {
             return Err(bad(format!(
                 "{what} view {v:?} outside the arena ({})",
@@ -213,6 +234,12 @@ impl Arena {
             )));
         }
         Ok(())
+    }
+
+    /// [`Arena::check`] of an op's input and output views (`"{op} input"`, `"{op} output"`).
+    fn check_io(&self, src: &View, dst: &View, op: &str) -> Result<(), ModelError> {
+        self.check(src, format_args!("{op} input"))?;
+        self.check(dst, format_args!("{op} output"))
     }
 
     fn record(&mut self, kind: Kind, t0: Instant, flops: f64) {
@@ -333,60 +360,46 @@ impl Arena {
             None => unsafe { base.add(src.off) },
         };
         let planar = planar.is_some();
-        if let (Some(wn), false) = (&cw.wino, planar) {
-            let epi = Epilogue {
-                silu: cw.act,
-                // SAFETY: in bounds (checked).
-                residual: res.map(|r| (unsafe { base.add(r.off) } as *const f32, r.ld)),
-            };
-            // SAFETY: input/output/residual checked in bounds, output disjoint from the input
-            // and disjoint from or equal to the residual; `wino` exists only when
-            // `winograd::supported(ci, co)`; stride 1, pad 1 (k = 3).
-            unsafe {
-                winograd::conv3x3(sp, src.ld, src.h, src.w, wn, base.add(dst.off), dst.ld, epi)
-            };
-            let out = (dst.h, dst.w, dst.c);
-            self.record_op(Kind::Conv3x3, t0, cw.flops(dst.pixels()), out, 39, cw.ci);
-            return Ok(());
-        }
-        if planar && cw.co <= kernels::NR && kernels::has_avx2() {
-            if let Some((panel, pb)) = cw.b.panel(0) {
-                // SAFETY: the planar input (c planes of h*w, its length checked) is the
-                // caller's slice, the output view is inside the arena (checked), so they are
-                // disjoint; the panel has k*k*ci rows of NR and the bias NR floats; co <= NR;
-                // AVX2 checked.
+        let epi = epilogue(base, cw.act, res);
+        // the traced kernel tag: k * 10 + stride, 39 for Winograd
+        let tag = 'run: {
+            if let (Some(wn), false) = (&cw.wino, planar) {
+                // SAFETY: input/output/residual checked in bounds, output disjoint from the
+                // input and disjoint from or equal to the residual; `wino` exists only when
+                // `winograd::supported(ci, co)`; stride 1, pad 1 (k = 3).
                 unsafe {
-                    kernels::conv_planar_direct(
-                        sp,
-                        src.h,
-                        src.w,
-                        src.c,
-                        cw.k,
-                        cw.stride,
-                        panel.as_ptr(),
-                        pb.as_ptr(),
-                        cw.act,
-                        base.add(dst.off),
-                        dst.ld,
-                        cw.co,
-                        oh,
-                        ow,
-                    )
+                    winograd::conv3x3(sp, src.ld, src.h, src.w, wn, base.add(dst.off), dst.ld, epi)
                 };
-                let out = (dst.h, dst.w, dst.c);
-                self.record_op(
-                    Kind::Conv3x3,
-                    t0,
-                    cw.flops(dst.pixels()),
-                    out,
-                    cw.k * 10 + cw.stride,
-                    cw.ci,
-                );
-                return Ok(());
+                break 'run 39;
             }
-        }
-        let a = {
-            if cw.k == 1 && cw.stride == 1 {
+            if planar && cw.co <= kernels::NR && kernels::has_avx2() {
+                if let Some((panel, pb)) = cw.b.panel(0) {
+                    // SAFETY: the planar input (c planes of h*w, its length checked) is the
+                    // caller's slice, the output view is inside the arena (checked), so they
+                    // are disjoint; the panel has k*k*ci rows of NR and the bias NR floats;
+                    // co <= NR; AVX2 checked.
+                    unsafe {
+                        kernels::conv_planar_direct(
+                            sp,
+                            src.h,
+                            src.w,
+                            src.c,
+                            cw.k,
+                            cw.stride,
+                            panel.as_ptr(),
+                            pb.as_ptr(),
+                            cw.act,
+                            base.add(dst.off),
+                            dst.ld,
+                            cw.co,
+                            oh,
+                            ow,
+                        )
+                    };
+                    break 'run cw.k * 10 + cw.stride;
+                }
+            }
+            let a = if cw.k == 1 && cw.stride == 1 {
                 ASrc::Direct {
                     ptr: sp,
                     ld: src.ld,
@@ -405,31 +418,16 @@ impl Arena {
                     ow,
                     planar,
                 })
-            }
-        };
-        let epi = Epilogue {
-            silu: cw.act,
-            // SAFETY: in bounds (checked).
-            residual: res.map(|r| (unsafe { base.add(r.off) } as *const f32, r.ld)),
-        };
-        // SAFETY: A (the input view, or its k x k patches, pads excluded) and C (the output
-        // view) and the residual are inside the arena (checked); C is disjoint from A and is
-        // either disjoint from the residual or exactly it.
-        unsafe { kernels::gemm(dst.pixels(), a, &cw.b, base.add(dst.off), dst.ld, epi) };
-        let kind = if cw.k == 1 {
-            Kind::Conv1x1
-        } else {
-            Kind::Conv3x3
+            };
+            // SAFETY: A (the input view, or its k x k patches, pads excluded) and C (the
+            // output view) and the residual are inside the arena (checked); C is disjoint
+            // from A and is either disjoint from the residual or exactly it.
+            unsafe { kernels::gemm(dst.pixels(), a, &cw.b, base.add(dst.off), dst.ld, epi) };
+            cw.k * 10 + cw.stride
         };
         let out = (dst.h, dst.w, dst.c);
-        self.record_op(
-            kind,
-            t0,
-            cw.flops(dst.pixels()),
-            out,
-            cw.k * 10 + cw.stride,
-            cw.ci,
-        );
+        let flops = cw.flops(dst.pixels());
+        self.record_op(Kind::conv(cw.k), t0, flops, out, tag, cw.ci);
         Ok(())
     }
 
@@ -443,8 +441,7 @@ impl Arena {
         dst: View,
         at: &[u32],
     ) -> Result<(), ModelError> {
-        self.check(&src, "conv input")?;
-        self.check(&dst, "conv output")?;
+        self.check_io(&src, &dst, "conv")?;
         if cw.stride != 1
             || src.c != cw.ci
             || dst.c != cw.co
@@ -500,15 +497,13 @@ impl Arena {
             let o = dst.off + p as usize * dst.ld;
             self.data[o..o + co].copy_from_slice(vals);
         }
-        let kind = if k == 1 { Kind::Conv1x1 } else { Kind::Conv3x3 };
-        self.record_op(kind, t0, cw.flops(n), (n, 1, co), k * 10 + 1, ci);
+        self.record_op(Kind::conv(k), t0, cw.flops(n), (n, 1, co), k * 10 + 1, ci);
         Ok(())
     }
 
     /// Depthwise 3x3 (stride 1) over channels `c0..c0+src.c` of `dw`'s weights.
     pub fn dw(&mut self, dw: &DwW, c0: usize, src: View, dst: View) -> Result<(), ModelError> {
-        self.check(&src, "depthwise input")?;
-        self.check(&dst, "depthwise output")?;
+        self.check_io(&src, &dst, "depthwise")?;
         if src.h != dst.h
             || src.w != dst.w
             || src.c != dst.c
@@ -545,8 +540,7 @@ impl Arena {
 
     /// Max pool 5x5, stride 1, padding 2 (padding never wins).
     pub fn maxpool5(&mut self, src: View, dst: View) -> Result<(), ModelError> {
-        self.check(&src, "pool input")?;
-        self.check(&dst, "pool output")?;
+        self.check_io(&src, &dst, "pool")?;
         // (the temporary goes on top of the arena: both views must lie below it)
         if src.h != dst.h
             || src.w != dst.w
@@ -594,8 +588,7 @@ impl Arena {
 
     /// Nearest-neighbour 2x upsampling.
     pub fn upsample2(&mut self, src: View, dst: View) -> Result<(), ModelError> {
-        self.check(&src, "upsample input")?;
-        self.check(&dst, "upsample output")?;
+        self.check_io(&src, &dst, "upsample")?;
         if dst.h != 2 * src.h || dst.w != 2 * src.w || src.c != dst.c || !dst.disjoint(&src) {
             return Err(bad(format!("upsample: input {src:?} output {dst:?}")));
         }
@@ -643,11 +636,7 @@ impl Arena {
         }
         let t0 = Instant::now();
         let base = self.data.as_mut_ptr();
-        let epi = Epilogue {
-            silu: false,
-            // SAFETY: in bounds (checked).
-            residual: res.map(|r| (unsafe { base.add(r.off) } as *const f32, r.ld)),
-        };
+        let epi = epilogue(base, false, res);
         // SAFETY: A, C and the residual are checked in bounds; C is disjoint from A and either
         // disjoint from the residual or exactly it.
         unsafe {
