@@ -11,7 +11,7 @@ use referee_transport::messages::{
 };
 use referee_transport::{client_endpoint, connect, read_msg, send_frame, write_msg, Trust};
 
-fn agent_config(daemon: &referee_engine::daemon::Daemon, session: &str) -> AgentConfig {
+fn agent_config(daemon: &referee_daemon::Daemon, session: &str) -> AgentConfig {
     let mut cfg = AgentConfig::new(
         daemon.quic_addr,
         Trust::Fingerprint(daemon.fingerprint.clone()),
@@ -101,7 +101,7 @@ async fn real_clip_gives_a_verdict_and_artifacts() {
 
 /// Connects as a raw client, says hello in `role`, and returns the connection and control stream.
 async fn raw_client(
-    daemon: &referee_engine::daemon::Daemon,
+    daemon: &referee_daemon::Daemon,
     role: Role,
 ) -> (quinn::Connection, quinn::SendStream, quinn::RecvStream) {
     let ep = client_endpoint(&Trust::Fingerprint(daemon.fingerprint.clone())).expect("endpoint");

@@ -7,59 +7,18 @@
 //! the threshold could flip, so the count may differ only by such borderline persons. Matched
 //! persons: |score diff| <= 1e-3, boxes and keypoints within 1 px in source (1920x1080) pixels.
 
-use std::path::{Path, PathBuf};
+mod common;
 
-use referee_capture::source::{open_video, FrameData};
-use referee_models::{
-    default_weights_path, letterbox_rgb, FastYoloPose, Person, PoseEstimator, PoseOptions, YoloPose,
-};
+use std::path::Path;
+
+use referee_models::{letterbox_rgb, FastYoloPose, Person, PoseEstimator, PoseOptions, YoloPose};
 
 const SCORE_TOL: f32 = 1e-3;
 const PX_TOL: f32 = 1.0;
 
-fn shared_clip() -> Option<PathBuf> {
-    let d = std::env::var_os("REFEREE_SHARED_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR"))
-                .join("..")
-                .join("shared")
-        });
-    let p = d.join("data").join("3809.MP4");
-    p.exists().then_some(p)
-}
-
-fn weights() -> PathBuf {
-    let p = std::env::var_os("REFEREE_WEIGHTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(default_weights_path);
-    assert!(
-        p.exists(),
-        "pose weights not found at {}: run `cargo run --release -- model fetch` first",
-        p.display()
-    );
-    p
-}
-
 /// Every `step`-th frame of the clip as packed RGB, at most `max` of them.
 fn frames(clip: &Path, step: usize, max: usize) -> Vec<(usize, usize, Vec<u8>)> {
-    let mut src = open_video(clip).expect("open clip");
-    let mut out = Vec::new();
-    let mut i = 0;
-    while let Some(f) = src.next_frame().expect("decode") {
-        if i % step == 0 {
-            let rgb = match f.data {
-                FrameData::Rgb(b) => b,
-                FrameData::Jpeg(j) => referee_models::image::decode_jpeg(&j).expect("jpeg").data,
-            };
-            out.push((f.width as usize, f.height as usize, rgb));
-            if out.len() == max {
-                break;
-            }
-        }
-        i += 1;
-    }
-    out
+    common::rgb_frames(clip).step_by(step).take(max).collect()
 }
 
 fn check(got: &[Person], want: &[Person], thr: f32, label: &str) {
@@ -111,10 +70,11 @@ fn run_size(clip: &Path, w: usize, h: usize, band: Option<(usize, usize, usize)>
         input_height: h,
         ..PoseOptions::default()
     };
-    let mut reference = YoloPose::load(&weights(), opts).expect("reference");
-    let mut fast = FastYoloPose::load(&weights(), opts).expect("fast");
+    let weights = common::weights();
+    let mut reference = YoloPose::load(&weights, opts).expect("reference");
+    let mut fast = FastYoloPose::load(&weights, opts).expect("fast");
     // The whole head computed densely: the sparse head (the default) must give the same persons.
-    let mut dense = FastYoloPose::load(&weights(), opts).expect("fast");
+    let mut dense = FastYoloPose::load(&weights, opts).expect("fast");
     dense.set_sparse_head(false);
     let mut total = 0;
     for (i, (fw, fh, rgb)) in frames(clip, 8, 8).into_iter().enumerate() {
@@ -154,8 +114,10 @@ fn run_size(clip: &Path, w: usize, h: usize, band: Option<(usize, usize, usize)>
 
 #[test]
 fn fast_matches_reference_on_clip_frames() {
-    let Some(clip) = shared_clip() else {
-        println!("skipped: ../shared/data/3809.MP4 not found");
+    let Some(clip) = referee_test_support::require_shared(
+        referee_test_support::SAMPLE_CLIP,
+        "comparing the fast pose path with the reference on real frames",
+    ) else {
         return;
     };
     run_size(&clip, 640, 384, None);

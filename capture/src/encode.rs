@@ -106,12 +106,14 @@ pub fn encode(
             (rgb.as_slice(), frame.width, frame.height)
         }
         FrameData::Jpeg(bytes) => {
-            let (w, h, px) = decode_jpeg(bytes).map_err(|reason| EncodeError::JpegDecode {
-                frame: frame.index,
-                reason,
+            let image = referee_pose_api::image::decode_image(bytes).map_err(|e| {
+                EncodeError::JpegDecode {
+                    frame: frame.index,
+                    reason: e.to_string(),
+                }
             })?;
-            decoded = px;
-            (decoded.as_slice(), w, h)
+            decoded = image.data;
+            (decoded.as_slice(), image.width as u32, image.height as u32)
         }
     };
     match enc {
@@ -152,23 +154,6 @@ pub fn encode(
         }
         Encoding::Raw => Ok((FrameEncoding::Rgb24 { width, height }, rgb.to_vec())),
     }
-}
-
-/// Decodes a JPEG to packed RGB24: `(width, height, pixels)`.
-pub fn decode_jpeg(bytes: &[u8]) -> Result<(u32, u32, Vec<u8>), String> {
-    use zune_jpeg::zune_core::colorspace::ColorSpace;
-    use zune_jpeg::zune_core::options::DecoderOptions;
-    let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
-    let mut dec = zune_jpeg::JpegDecoder::new_with_options(std::io::Cursor::new(bytes), options);
-    let px = dec.decode().map_err(|e| e.to_string())?;
-    let (w, h) = dec.dimensions().ok_or("no image dimensions")?;
-    if px.len() != w * h * 3 {
-        return Err(format!(
-            "decoder returned {} bytes for {w}x{h} RGB",
-            px.len()
-        ));
-    }
-    Ok((w as u32, h as u32, px))
 }
 
 #[cfg(test)]

@@ -6,5 +6,6 @@
 pub mod agent;
 pub mod cli;
 pub mod encode;
+pub mod logging;
 pub mod pacing;
 pub mod source;

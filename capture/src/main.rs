@@ -114,13 +114,7 @@ enum EncodingArg {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let filter = if cli.verbose { "debug" } else { "info" };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter)),
-        )
-        .with_writer(std::io::stderr)
-        .try_init();
+    referee_capture::logging::init(None, filter);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

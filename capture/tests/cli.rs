@@ -217,3 +217,28 @@ fn help_lists_the_main_options() {
         assert!(text.contains(opt), "--help lacks {opt}");
     }
 }
+
+#[test]
+fn logs_are_plain_text_when_stderr_is_not_a_terminal() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    // Nothing listens on the discard port: the agent logs its start, then keeps retrying.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_referee-capture"))
+        .args(["127.0.0.1:9", "--synthetic", "3", "--insecure-loopback"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("the binary runs");
+    let mut first = String::new();
+    let stderr = child.stderr.take().expect("piped stderr");
+    BufReader::new(stderr)
+        .read_line(&mut first)
+        .expect("a log line");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(first.contains("INFO"), "{first:?}");
+    assert!(
+        !first.contains('\u{1b}'),
+        "ANSI escapes in a pipe: {first:?}"
+    );
+}

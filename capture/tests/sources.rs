@@ -7,26 +7,12 @@ use referee_capture::source::{
     Mp4Source, SourceError, Synthetic,
 };
 
-/// The shared data folder (`<workspace>/../shared/data`, or `$REFEREE_SHARED_DIR/data`).
-fn shared_data() -> Option<PathBuf> {
-    let dir = if let Ok(shared) = std::env::var("REFEREE_SHARED_DIR") {
-        PathBuf::from(shared).join("data")
-    } else {
-        let mut root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-        while !root.join("Cargo.lock").exists() {
-            if !root.pop() {
-                eprintln!("skipped: workspace root (Cargo.lock) not found");
-                return None;
-            }
-        }
-        root.join("../shared/data")
-    };
-    if dir.join("3809.MP4").exists() {
-        Some(dir)
-    } else {
-        eprintln!("skipped: shared data not found at {}", dir.display());
-        None
-    }
+/// The sample clip, or None after a skip line (a failure under CI) when the shared data is absent.
+fn sample_clip() -> Option<PathBuf> {
+    referee_test_support::require_shared(
+        referee_test_support::SAMPLE_CLIP,
+        "decoding the sample clip",
+    )
 }
 
 fn drain(src: &mut dyn FrameSource) -> Vec<CapturedFrame> {
@@ -54,9 +40,8 @@ fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
 
 #[test]
 fn mp4_sample_decodes_all_63_frames() {
-    let Some(data) = shared_data() else { return };
-    let path = data.join("3809.MP4");
-    let mut src = Mp4Source::open(&path).expect("open sample");
+    let Some(clip) = sample_clip() else { return };
+    let mut src = Mp4Source::open(&clip).expect("open sample");
     let info = src.info().clone();
     assert_eq!((info.width, info.height), (1280, 720));
     assert_eq!(info.frame_count, Some(63));
@@ -98,8 +83,8 @@ fn mp4_sample_decodes_all_63_frames() {
 
 #[test]
 fn open_video_picks_the_mp4_decoder() {
-    let Some(data) = shared_data() else { return };
-    let mut src = open_video(&data.join("3809.MP4")).expect("open");
+    let Some(clip) = sample_clip() else { return };
+    let mut src = open_video(&clip).expect("open");
     assert_eq!(src.info().name, "3809.MP4");
     let f = src.next_frame().unwrap().expect("first frame");
     assert!(matches!(f.data, FrameData::Rgb(_)));
@@ -258,8 +243,8 @@ fn ffmpeg_source_reads_the_sample_and_an_avi() {
         eprintln!("skipped: ffmpeg not installed (apt-get install ffmpeg)");
         return;
     }
-    let Some(data) = shared_data() else { return };
-    let mut src = FfmpegSource::open(&data.join("3809.MP4")).expect("ffmpeg opens the sample");
+    let Some(clip) = sample_clip() else { return };
+    let mut src = FfmpegSource::open(&clip).expect("ffmpeg opens the sample");
     assert_eq!((src.info().width, src.info().height), (1280, 720));
     assert!((src.info().fps - 30.0).abs() < 0.5);
     let frames = drain(&mut src);
@@ -272,13 +257,14 @@ fn ffmpeg_source_reads_the_sample_and_an_avi() {
         assert_eq!(&j[j.len() - 2..], &[0xFF, 0xD9]);
     }
     // The JPEG frames decode to the same pictures as the pure-Rust MP4 decoder (lossy, close).
-    let mut mp4 = Mp4Source::open(&data.join("3809.MP4")).unwrap();
+    let mut mp4 = Mp4Source::open(&clip).unwrap();
     let reference = drain(&mut mp4);
     for (i, frame) in frames.iter().enumerate() {
         let FrameData::Jpeg(j) = &frame.data else {
             unreachable!()
         };
-        let (w, h, px) = referee_capture::encode::decode_jpeg(j).unwrap();
+        let img = referee_pose_api::image::decode_image(j).unwrap();
+        let (w, h, px) = (img.width, img.height, img.data);
         assert_eq!((w, h), (1280, 720));
         let d = mean_abs_diff(&px, rgb(&reference[i]));
         assert!(d < 6.0, "frame {i}: ffmpeg vs openh264 mean abs diff {d}");
@@ -290,7 +276,7 @@ fn ffmpeg_source_reads_the_sample_and_an_avi() {
     let bframes = dir.path().join("bframes.mp4");
     let ok = std::process::Command::new("ffmpeg")
         .args(["-loglevel", "error", "-i"])
-        .arg(data.join("3809.MP4"))
+        .arg(&clip)
         .args([
             "-an",
             "-frames:v",
@@ -325,7 +311,7 @@ fn ffmpeg_source_reads_the_sample_and_an_avi() {
             let FrameData::Jpeg(j) = &b.data else {
                 unreachable!()
             };
-            referee_capture::encode::decode_jpeg(j).unwrap().2
+            referee_pose_api::image::decode_image(j).unwrap().data
         })
         .collect();
     let (mut same, mut shifted) = (0.0, 0.0);
@@ -350,7 +336,7 @@ fn ffmpeg_source_reads_the_sample_and_an_avi() {
     let avi = dir.path().join("phrase.avi");
     let ok = std::process::Command::new("ffmpeg")
         .args(["-loglevel", "error", "-i"])
-        .arg(data.join("3809.MP4"))
+        .arg(&clip)
         .args([
             "-an",
             "-frames:v",

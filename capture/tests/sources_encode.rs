@@ -1,7 +1,8 @@
 //! Encoding round trips: JPEG close to the source, PNG and raw exact, JPEG sources forwarded.
 
-use referee_capture::encode::{decode_jpeg, encode, Encoding};
+use referee_capture::encode::{encode, Encoding};
 use referee_capture::source::{CapturedFrame, FrameData, FrameSource, Synthetic};
+use referee_pose_api::image::decode_image;
 use referee_transport::messages::FrameEncoding;
 
 fn synthetic_frame(w: u32, h: u32, index: u64) -> CapturedFrame {
@@ -36,12 +37,13 @@ fn jpeg_round_trip_is_close_and_quality_matters() {
     let f = synthetic_frame(320, 240, 12);
     let (enc, q90) = encode(&f, Encoding::Jpeg { quality: 90 }).unwrap();
     assert_eq!(enc, FrameEncoding::Jpeg);
-    let (w, h, px) = decode_jpeg(&q90).unwrap();
+    let img = decode_image(&q90).unwrap();
+    let (w, h, px) = (img.width, img.height, img.data);
     assert_eq!((w, h), (320, 240));
     let p90 = psnr(&px, rgb(&f));
     assert!(p90 > 30.0, "q90 PSNR {p90:.1} dB");
     let (_, q20) = encode(&f, Encoding::Jpeg { quality: 20 }).unwrap();
-    let (_, _, px20) = decode_jpeg(&q20).unwrap();
+    let px20 = decode_image(&q20).unwrap().data;
     let p20 = psnr(&px20, rgb(&f));
     assert!(q20.len() < q90.len(), "lower quality must be smaller");
     assert!(

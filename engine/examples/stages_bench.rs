@@ -5,9 +5,8 @@
 
 use std::time::{Duration, Instant};
 
-use referee_engine::decode::{decode_frame_into, RgbImage};
 use referee_engine::rectify::{RectifyParams, RemapTable};
-use referee_transport::messages::FrameEncoding;
+use referee_pose_api::{decode_frame_into, FrameEncoding, RgbImage};
 
 /// A textured synthetic 1280x720 frame (gradients, stripes and noise so that JPEG has work).
 fn synthetic(w: usize, h: usize) -> RgbImage {

@@ -12,7 +12,7 @@
 //!    source. The result is the *rectified* image ([`RemapTable::rectified_size`],
 //!    [`RemapTable::undistort_rgb`]): keypoints are reported in its coordinates.
 //! 3. **Band crop**: rows `round(y0 * h_r) .. round(y1 * h_r)` of the rectified image.
-//! 4. **Letterbox** to the target size like `referee_models::letterbox_rgb` (scale = min ratio,
+//! 4. **Letterbox** to the target size like `referee_pose_api::letterbox_rgb` (scale = min ratio,
 //!    rounded content size, centred, pad value 114, half-pixel bilinear sampling).
 //!
 //! [`RemapTable::build`] composes the four steps once into, for every content pixel of the model
@@ -24,9 +24,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use referee_models::{Letterbox, PreparedFrame};
-
-use crate::decode::RgbImage;
+use referee_pose_api::{Letterbox, PreparedFrame, RgbImage};
 
 /// Letterbox padding value (as YOLO/ultralytics), in 8-bit units.
 pub const PAD_VALUE: u8 = 114;
@@ -309,7 +307,7 @@ impl Geometry {
             return Err(RectifyError::BadBand { y0, y1 });
         }
         let band_h = band_y1 - band_y0;
-        // Same rounding as referee_models::letterbox_rgb.
+        // Same rounding as referee_pose_api::letterbox_rgb.
         let scale = (target_w as f32 / rect_w as f32).min(target_h as f32 / band_h as f32);
         let new_w = ((rect_w as f32 * scale).round() as usize).clamp(1, target_w);
         let new_h = ((band_h as f32 * scale).round() as usize).clamp(1, target_h);
@@ -941,7 +939,7 @@ mod tests {
                 .expect("build");
             let mut out = Vec::new();
             table.apply(&img, &mut out).expect("apply");
-            let plain = referee_models::letterbox_rgb(&img.data, w, h, tw, th);
+            let plain = referee_pose_api::letterbox_rgb(&img.data, w, h, tw, th);
             let d = max_diff(&out, &plain.chw);
             println!("{w}x{h} -> {tw}x{th}: table vs letterbox_rgb max abs diff {d:.2e}");
             assert!(d < TABLE_TOLERANCE, "{w}x{h}->{tw}x{th}: max diff {d}");

@@ -1,34 +1,34 @@
-//! Per-session state shared between the network side and the pipeline threads.
+//! One session's state shared by the engine's entry points and its stages: what it is, which
+//! frames arrived, its counters, when it was last active.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use referee_transport::messages::{ServerMsg, SessionStart, SessionStats};
-use tokio::sync::mpsc;
+use referee_pose_api::ReceivedFrames;
 
-use crate::ack::AckTracker;
+use crate::event::{SessionSpec, SessionStats};
 use crate::rectify::RectifyParams;
 
-/// Frame counters of one session, updated lock-free from every stage.
+/// Per-session counters, updated by the stages.
 #[derive(Debug, Default)]
 pub struct SessionCounters {
-    /// Frames admitted into the pipeline (duplicates excluded).
+    /// Frames admitted (duplicates excluded).
     pub received: AtomicU64,
-    /// Frames that went through pose and tracking.
+    /// Frames tracked.
     pub processed: AtomicU64,
-    /// Frames that arrived twice (the second copy is discarded).
+    /// Copies of frames already received.
     pub duplicates: AtomicU64,
-    /// Frames dropped for any other reason (late after the reorder window, limits).
+    /// Frames dropped (late, over a limit, bad length, geometry).
     pub dropped: AtomicU64,
-    /// Frames whose bytes could not be decoded (counted; the session continues).
+    /// Frames whose bytes did not decode.
     pub bad_frames: AtomicU64,
-    /// Image bytes received.
+    /// Encoded bytes admitted.
     pub bytes: AtomicU64,
 }
 
 impl SessionCounters {
-    /// A snapshot in the wire form.
+    /// The counters as plain values.
     pub fn snapshot(&self) -> SessionStats {
         SessionStats {
             received: self.received.load(Ordering::Relaxed),
@@ -40,92 +40,68 @@ impl SessionCounters {
     }
 }
 
-/// What the network side and every stage know about a session.
-pub struct SessionShared {
-    /// The agent's session start message.
-    pub start: SessionStart,
-    /// Geometry and crop used to prepare this session's frames for the pose network.
+/// An open session.
+pub struct Session {
+    /// What the agent asked for.
+    pub spec: SessionSpec,
+    /// The rectification its frames get (configured, or from the agent's hint).
     pub rectify: RectifyParams,
-    /// Frames admitted so far (for cumulative acks and duplicate detection).
-    pub acks: Mutex<AckTracker>,
-    /// Counters.
+    /// Frame numbers admitted so far (what acks are made of).
+    pub received: Mutex<ReceivedFrames>,
+    /// Its counters.
     pub counters: SessionCounters,
-    outbox: Mutex<Option<mpsc::UnboundedSender<ServerMsg>>>,
     last_activity: Mutex<Instant>,
     closed: AtomicBool,
-    /// When the session was opened.
+    /// When it was opened.
     pub opened_at: Instant,
 }
 
-impl SessionShared {
-    pub(crate) fn new(start: SessionStart, rectify: RectifyParams) -> Self {
+impl Session {
+    pub(crate) fn new(spec: SessionSpec, rectify: RectifyParams, now: Instant) -> Self {
         Self {
-            start,
+            spec,
             rectify,
-            acks: Mutex::new(AckTracker::default()),
+            received: Mutex::new(ReceivedFrames::default()),
             counters: SessionCounters::default(),
-            outbox: Mutex::new(None),
-            last_activity: Mutex::new(Instant::now()),
+            last_activity: Mutex::new(now),
             closed: AtomicBool::new(false),
-            opened_at: Instant::now(),
+            opened_at: now,
         }
     }
 
     /// The session id.
     pub fn id(&self) -> &str {
-        &self.start.session_id
+        &self.spec.id
     }
 
-    /// The piste this session films.
+    /// Its piste.
     pub fn piste(&self) -> &str {
-        &self.start.piste
+        &self.spec.piste
     }
 
-    /// Routes messages for the agent to `outbox` (replacing the previous connection's, on resume).
-    pub fn attach(&self, outbox: mpsc::UnboundedSender<ServerMsg>) {
-        *self.outbox.lock() = Some(outbox);
-        self.touch();
+    /// Records activity at `now` (frames, signals, a resume).
+    pub fn touch(&self, now: Instant) {
+        let mut last = self.last_activity.lock();
+        *last = (*last).max(now);
     }
 
-    /// Stops routing messages to the agent (its connection is gone); the session lives on until
-    /// it resumes or times out.
-    pub fn detach(&self) {
-        *self.outbox.lock() = None;
+    /// How long the session has been idle at `now`.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(*self.last_activity.lock())
     }
 
-    /// True while an agent connection is attached.
-    pub fn is_attached(&self) -> bool {
-        self.outbox
-            .lock()
-            .as_ref()
-            .is_some_and(|tx| !tx.is_closed())
-    }
-
-    /// Sends a message to the attached agent, if any; returns false when none is attached.
-    pub fn send(&self, msg: ServerMsg) -> bool {
-        match self.outbox.lock().as_ref() {
-            Some(tx) => tx.send(msg).is_ok(),
-            None => false,
-        }
-    }
-
-    /// Records activity (frames or messages) for the idle timeout.
-    pub fn touch(&self) {
-        *self.last_activity.lock() = Instant::now();
-    }
-
-    /// Time since the last frame or message.
-    pub fn idle_for(&self) -> Duration {
-        self.last_activity.lock().elapsed()
-    }
-
-    /// Marks the session closed; stages discard its remaining work.
+    /// Marks the session closed: stages skip its frames from now on.
     pub fn close(&self) {
         self.closed.store(true, Ordering::Release);
     }
 
-    /// True once the session has ended, been aborted or timed out.
+    /// True once closed.
     pub fn is_closed(&self) -> bool {
         self.closed.load(Ordering::Acquire)
     }
+}
+
+/// Encoded frames kept per session for the overlay artifact: two seconds' worth.
+pub(crate) fn image_ring_len(fps: f32) -> usize {
+    ((fps.max(1.0) * 2.0).ceil() as usize).clamp(8, 240)
 }

@@ -186,6 +186,17 @@ impl EngineStats {
     }
 }
 
+/// Percentile by nearest rank over a copy of `values` (None when empty).
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
+    Some(v[rank.clamp(1, v.len()) - 1])
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,5 +222,14 @@ mod tests {
         let d = stats.drops();
         assert_eq!(d["bad_image"], 2);
         assert_eq!(d["duplicate"], 1);
+    }
+
+    #[test]
+    fn percentile_by_nearest_rank() {
+        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
+        assert_eq!(percentile(&v, 50.0), Some(3.0));
+        assert_eq!(percentile(&v, 95.0), Some(5.0));
+        assert_eq!(percentile(&v, 0.0), Some(1.0));
+        assert_eq!(percentile(&[], 50.0), None);
     }
 }

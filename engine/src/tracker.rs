@@ -12,7 +12,7 @@
 //!   identities. A fencer unseen for a few frames coasts on the prediction and is re-matched
 //!   when it reappears within a gate that grows with the gap.
 
-use referee_models::{Keypoints, Person};
+use referee_pose_api::{Keypoints, Person};
 use serde::{Deserialize, Serialize};
 
 const L_SHOULDER: usize = 5;
@@ -149,6 +149,17 @@ impl Track {
             missed: 0,
         }
     }
+}
+
+/// One tracked frame with its time, as kept for the verdict and the artifacts.
+#[derive(Debug, Clone)]
+pub struct TrackedPose {
+    /// The tracker's output (keypoints in rectified-image pixels).
+    pub tracked: TrackedFrame,
+    /// Capture timestamp from the agent, microseconds since the epoch.
+    pub capture_ts_us: u64,
+    /// Seconds since the session's first frame.
+    pub t: f64,
 }
 
 /// Keeps the two fencers' identities across frames. One tracker per phrase/session.

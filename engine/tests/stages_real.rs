@@ -6,32 +6,17 @@
 //! the tracker, which must give back the same left/right assignment; then our workbook writer
 //! must reproduce the old values.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use calamine::{Data, Reader};
 use referee_engine::artifacts::write_keypoints_workbook;
 use referee_engine::tracker::{TrackedFrame, TrackerConfig, TwoFencerTracker};
-use referee_models::{Keypoints, Person};
+use referee_pose_api::{Keypoints, Person};
+use referee_test_support::{phrase_dirs, require_shared, SAMPLE_KEYPOINTS};
 
 /// Pixels per normalised unit used to turn the old values back into pixels (any positive value
 /// works: the tracker only sees ratios; 160 makes the 1280x720 clip's values fit its frame).
 const SCALE: f32 = 160.0;
-
-fn shared_data() -> Option<PathBuf> {
-    if let Ok(d) = std::env::var("REFEREE_SHARED_DIR") {
-        return Some(PathBuf::from(d).join("data")).filter(|p| p.exists());
-    }
-    let mut dir = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
-    loop {
-        if dir.join("Cargo.lock").exists() {
-            let d = dir.join("../shared/data");
-            return d.exists().then_some(d);
-        }
-        if !dir.pop() {
-            return None;
-        }
-    }
-}
 
 /// Per frame: (left, right) keypoints in old units, `None` when the whole row is empty.
 type OldFrames = Vec<(Option<Keypoints>, Option<Keypoints>)>;
@@ -160,20 +145,15 @@ fn track(frames: &OldFrames) -> (usize, usize) {
 
 #[test]
 fn tracker_follows_the_old_assignments_on_real_keypoints() {
-    let Some(data) = shared_data() else {
-        println!("skipped: ../shared/data not found (set REFEREE_SHARED_DIR)");
+    let Some(data) = require_shared("data", "tracking the old system's real keypoints") else {
         return;
     };
     let mut files = vec![data.join("3809_keypoints.xlsx")];
-    if let Ok(rd) = std::fs::read_dir(data.join("phrases")) {
-        let mut phrases: Vec<PathBuf> = rd
-            .flatten()
-            .map(|e| e.path().join("keypoints.xlsx"))
-            .filter(|p| p.exists())
-            .collect();
-        phrases.sort();
-        files.extend(phrases);
-    }
+    files.extend(
+        phrase_dirs(&data.join("phrases"), "keypoints.xlsx")
+            .into_iter()
+            .map(|d| d.join("keypoints.xlsx")),
+    );
     let (mut both, mut agree) = (0usize, 0usize);
     let mut worst: Vec<(f64, String)> = Vec::new();
     for f in files.iter().filter(|f| f.exists()) {
@@ -199,15 +179,12 @@ fn tracker_follows_the_old_assignments_on_real_keypoints() {
 
 #[test]
 fn workbook_writer_reproduces_old_values() {
-    let Some(data) = shared_data() else {
-        println!("skipped: ../shared/data not found (set REFEREE_SHARED_DIR)");
+    let Some(src) = require_shared(
+        SAMPLE_KEYPOINTS,
+        "reproducing the old keypoint workbook of the sample clip",
+    ) else {
         return;
     };
-    let src = data.join("3809_keypoints.xlsx");
-    if !src.exists() {
-        println!("skipped: {} not found", src.display());
-        return;
-    }
     let old = read_old(&src);
     let tracked: Vec<TrackedFrame> = old
         .iter()

@@ -22,8 +22,12 @@ fn weights() -> PathBuf {
     static ONCE: OnceLock<()> = OnceLock::new();
     ONCE.get_or_init(|| {
         let default = referee_models::default_weights_path();
-        if std::env::var_os("REFEREE_WEIGHTS").is_none() && !default.exists() {
-            if let Some(pt) = common::shared_checkpoint() {
+        let wanted = referee_test_support::weights_path(|| default.clone());
+        if wanted == default && !default.exists() {
+            let pt = referee_test_support::shared_dir()
+                .map(|d| d.join(referee_test_support::SHARED_CHECKPOINT))
+                .filter(|p| p.exists());
+            if let Some(pt) = pt {
                 let opts = referee_models::fetch::FetchOptions {
                     source: referee_models::fetch::Source::Path(pt),
                     ..Default::default()

@@ -5,8 +5,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use referee_engine::offline::{OfflineFrame, OfflineSession};
-use referee_engine::Engine;
+use referee_daemon::offline::{OfflineFrame, OfflineSession};
+use referee_daemon::Core;
 use referee_transport::messages::{SessionStart, VerdictReport};
 
 /// Streams `video` through an in-process engine, then decides with `signal`.
@@ -21,7 +21,7 @@ pub fn analyze_video(
         .with_context(|| format!("cannot open video {}", video.display()))?;
     let info = source.info().clone();
     let (estimators, _model) = super::load_estimators(settings)?;
-    let engine = Engine::start_workers(referee_engine::daemon::engine_config(settings), estimators);
+    let core = Core::start(referee_daemon::engine_config(settings), estimators);
     let bar = super::progress_bar(info.frame_count, "frames");
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -44,7 +44,7 @@ pub fn analyze_video(
             })
             .collect();
         let mut session = OfflineSession::open(
-            &engine,
+            &core,
             SessionStart {
                 session_id,
                 fps: info.fps,
@@ -78,7 +78,7 @@ pub fn analyze_video(
         anyhow::Ok(verdict)
     });
     bar.finish_and_clear();
-    engine.shutdown();
+    core.shutdown();
     let verdict = result?;
     tracing::info!(seconds = started.elapsed().as_secs_f32(), "video analysed");
     Ok(verdict)

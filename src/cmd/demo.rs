@@ -156,7 +156,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let daemon = referee_engine::daemon::Daemon::start(&settings, estimators, &model).await?;
+        let daemon = referee_daemon::Daemon::start(&settings, estimators, &model).await?;
         eprintln!(
             "daemon on {} (QUIC), status at http://{}/status, live page at http://{}/",
             daemon.quic_addr, daemon.http_addr, daemon.http_addr
@@ -181,7 +181,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             },
         )
         .await;
-        let status = daemon.engine.stats().stages();
+        let status = daemon.core.engine.stats().stages();
         daemon.shutdown().await;
         let outcome = outcome.context("streaming to the daemon")?;
         let verdict = outcome.verdict.context("the daemon sent no verdict")?;

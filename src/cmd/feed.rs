@@ -100,7 +100,7 @@ async fn subscribe(args: Args, addr: SocketAddr, trust: Trust) -> anyhow::Result
             continue;
         };
         if args.json {
-            let (kind, data) = referee_engine::http::sse_parts(&event);
+            let (kind, data) = referee_daemon::http::sse_parts(&event);
             println!("{}", serde_json::json!({"event": kind, "data": data}));
         } else {
             println!("{}", describe(&event));

@@ -11,19 +11,12 @@ pub mod pose;
 pub mod serve;
 
 /// Installs the tracing subscriber: `--log-level`, else REFEREE_LOG_LEVEL, else RUST_LOG, else info.
+/// Colour only on a terminal (see `referee_capture::logging`).
 pub fn init_logging(flag: Option<&str>) {
-    use tracing_subscriber::EnvFilter;
-    let filter = flag
+    let directive = flag
         .map(str::to_string)
-        .or_else(|| std::env::var("REFEREE_LOG_LEVEL").ok())
-        .map(EnvFilter::new)
-        .unwrap_or_else(|| {
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"))
-        });
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+        .or_else(|| std::env::var("REFEREE_LOG_LEVEL").ok());
+    referee_capture::logging::init(directive.as_deref(), "info");
 }
 
 /// Settings from `--config`, then REFEREE_* variables, then each `--set KEY=VALUE`.
@@ -40,77 +33,7 @@ pub fn load_settings(
     Ok(s)
 }
 
-/// Pose options from the settings.
-fn pose_options(s: &referee_config::Settings) -> referee_models::PoseOptions {
-    referee_models::PoseOptions {
-        input_width: s.pose.width as usize,
-        input_height: s.pose.height as usize,
-        ..Default::default()
-    }
-}
-
-fn weights_path(s: &referee_config::Settings) -> std::path::PathBuf {
-    s.pose
-        .model
-        .clone()
-        .unwrap_or_else(referee_models::default_weights_path)
-}
-
-fn model_name(weights: &std::path::Path) -> String {
-    weights
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
-}
-
-/// Pose workers and threads per worker from the settings (0 = from the number of cores).
-pub fn pose_parallelism(s: &referee_config::Settings) -> (usize, usize) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let workers = if s.pose.workers == 0 {
-        cores
-    } else {
-        s.pose.workers
-    };
-    let threads = if s.pose.threads == 0 {
-        (cores / workers).max(1)
-    } else {
-        s.pose.threads
-    };
-    (workers, threads)
-}
-
-/// Loads the fast pose estimator on the weights the settings name (or the cached default),
-/// once per pose worker (see [`pose_parallelism`]).
-pub fn load_estimators(
-    s: &referee_config::Settings,
-) -> anyhow::Result<(Vec<Box<dyn referee_models::PoseEstimator>>, String)> {
-    use anyhow::Context;
-    let weights = weights_path(s);
-    let (workers, threads) = pose_parallelism(s);
-    let mut estimators: Vec<Box<dyn referee_models::PoseEstimator>> = Vec::new();
-    for _ in 0..workers {
-        let mut model = referee_models::fast::FastYoloPose::load(&weights, pose_options(s))
-            .with_context(|| format!("loading pose weights {}", weights.display()))?;
-        model.set_threads(threads)?;
-        estimators.push(Box::new(model));
-    }
-    tracing::info!(workers, threads, "pose workers");
-    Ok((estimators, model_name(&weights)))
-}
-
-/// Loads the unoptimised reference estimator (for checks and comparisons).
-pub fn load_reference_estimator(
-    s: &referee_config::Settings,
-) -> anyhow::Result<(Box<dyn referee_models::PoseEstimator>, String)> {
-    use anyhow::Context;
-    let weights = weights_path(s);
-    let model = referee_models::YoloPose::load(&weights, pose_options(s))
-        .with_context(|| format!("loading pose weights {}", weights.display()))?;
-    Ok((
-        Box::new(model),
-        format!("{} (reference)", model_name(&weights)),
-    ))
-}
+pub use referee_daemon::pose::{load_estimators, load_reference_estimator, pose_parallelism};
 
 /// A progress bar on a terminal (hidden otherwise), counting `unit`.
 pub fn progress_bar(total: Option<u64>, unit: &str) -> indicatif::ProgressBar {

@@ -52,7 +52,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .build()
         .context("starting the async runtime")?;
     rt.block_on(async move {
-        let daemon = referee_engine::daemon::Daemon::start(&settings, estimators, &model).await?;
+        let daemon = referee_daemon::Daemon::start(&settings, estimators, &model).await?;
         eprintln!("referee daemon ready");
         eprintln!("  QUIC (agents, feed): {}", daemon.quic_addr);
         eprintln!("  HTTP (status, feed page): http://{}/", daemon.http_addr);

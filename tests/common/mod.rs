@@ -1,48 +1,37 @@
-//! Helpers shared by the end-to-end tests: locating the shared data and the weights, and
-//! starting a daemon on loopback with throw-away directories.
+//! Helpers shared by the end-to-end tests: the sample clip and the weights (located by
+//! `referee-test-support`), the clip's frames as RGB, and a daemon on loopback with throw-away
+//! directories.
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 
+use referee_capture::source::{open_video, FrameData};
 use referee_config::Settings;
-use referee_engine::daemon::Daemon;
+use referee_daemon::Daemon;
 use referee_models::{PoseEstimator, PoseOptions};
 
-/// The shared folder (`$REFEREE_SHARED_DIR`, else `../shared` beside the workspace).
-pub fn shared_dir() -> PathBuf {
-    if let Some(d) = std::env::var_os("REFEREE_SHARED_DIR") {
-        return PathBuf::from(d);
-    }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared")
-}
-
-/// The sample clip and its signal log, or None (with a message) when the data is absent.
+/// The sample clip and its signal log, or None (with a message; a failure under CI) when the
+/// shared data is absent.
 pub fn sample_clip() -> Option<(PathBuf, PathBuf)> {
-    let data = shared_dir().join("data");
-    let clip = data.join("3809.MP4");
-    let signal = data.join("3809_signal.txt");
-    if clip.exists() && signal.exists() {
-        Some((clip, signal))
-    } else {
-        eprintln!(
-            "skipped: shared data not found at {} (set REFEREE_SHARED_DIR)",
-            data.display()
-        );
-        None
-    }
+    referee_test_support::sample_clip("streaming the sample clip to a daemon")
 }
 
 /// The converted pose weights; panics with the command to run when they are missing.
 pub fn weights() -> PathBuf {
-    let p = std::env::var_os("REFEREE_WEIGHTS")
-        .map(PathBuf::from)
-        .unwrap_or_else(referee_models::default_weights_path);
-    assert!(
-        p.exists(),
-        "pose weights not found at {}: run `cargo run --release -- model fetch` first",
-        p.display()
-    );
-    p
+    referee_test_support::require_weights(referee_models::default_weights_path)
+}
+
+/// Every frame of a video as (width, height, packed RGB), decoded as it is read.
+pub fn rgb_frames(clip: &Path) -> impl Iterator<Item = (usize, usize, Vec<u8>)> {
+    let mut src = open_video(clip).expect("open clip");
+    std::iter::from_fn(move || {
+        let f = src.next_frame().expect("decode frame")?;
+        let rgb = match f.data {
+            FrameData::Rgb(b) => b,
+            FrameData::Jpeg(j) => referee_models::image::decode_image(&j).expect("jpeg").data,
+        };
+        Some((f.width as usize, f.height as usize, rgb))
+    })
 }
 
 /// The fast pose estimator at 640x384.

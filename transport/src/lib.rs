@@ -2,13 +2,14 @@
 //! referee system.
 //!
 //! - [`messages`]: the protocol's message types (control stream and frame headers).
-//! - [`ack`]: acknowledgement arithmetic ([`messages::Ack`]'s methods, [`ReceivedFrames`]).
+//! - [`ack`]: acknowledgement arithmetic ([`messages::Ack`]'s methods, [`ReceivedFrames`]),
+//!   defined once in `referee-pose-api` and shared with the engine.
 //! - [`codec`]: length-prefixed postcard messages; one unidirectional stream per frame.
 //! - [`endpoint`]: server/client endpoints, connect/accept with timeouts and ALPN check.
 //! - [`tls`]: server identity (files, or self-signed and persisted), client trust modes.
 //! - [`auth`]: role tokens compared in constant time, loopback-only open mode.
 
-pub mod ack;
+pub use referee_pose_api::ack;
 pub mod auth;
 pub mod codec;
 pub mod endpoint;
@@ -16,7 +17,6 @@ pub mod error;
 pub mod messages;
 pub mod tls;
 
-pub use ack::ReceivedFrames;
 pub use auth::{auth_policy, AuthPolicy, TokenSet};
 pub use codec::{decode_msg, encode_msg, read_frame, read_msg, send_frame, write_msg, FrameLimits};
 pub use endpoint::{
@@ -24,6 +24,7 @@ pub use endpoint::{
     EndpointLimits,
 };
 pub use error::TransportError;
+pub use referee_pose_api::ReceivedFrames;
 pub use tls::{ServerIdentity, Trust};
 
 /// Re-export so dependants use the same quinn.

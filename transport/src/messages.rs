@@ -20,12 +20,9 @@ pub enum Role {
     Feed,
 }
 
-/// Side of the piste as seen on screen. Fencer 1 of the scoring box is `Right`, Fencer 2 is `Left`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub enum Side {
-    Left,
-    Right,
-}
+/// Side of the piste as seen on screen (Fencer 1 of the scoring box is `Right`) and how a
+/// frame's bytes are encoded: one definition each, shared with the engine and the agent.
+pub use referee_pose_api::{Ack, FrameEncoding, Side};
 
 /// Fisheye correction the agent suggests for its camera (the daemon's config may override).
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -33,18 +30,6 @@ pub struct UndistortHint {
     pub enabled: bool,
     pub strength: f32,
     pub balance: f32,
-}
-
-/// How the bytes after a [`FrameHeader`] are encoded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum FrameEncoding {
-    Jpeg,
-    Png,
-    /// Packed 8-bit RGB, `width * height * 3` bytes.
-    Rgb24 {
-        width: u32,
-        height: u32,
-    },
 }
 
 /// Header of a frame stream; the image bytes (exactly `len`) follow it on the same stream.
@@ -58,14 +43,6 @@ pub struct FrameHeader {
     pub encoding: FrameEncoding,
     /// Number of image bytes that follow the header.
     pub len: u32,
-}
-
-/// Cumulative acknowledgement: every frame below `next_expected` arrived; `received_ranges`
-/// lists half-open ranges `[start, end)` above it that also arrived (the rest are gaps).
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Ack {
-    pub next_expected: u64,
-    pub received_ranges: Vec<(u64, u64)>,
 }
 
 /// Opens a session (one phrase, or a continuous bout split by signal logs).

@@ -22,61 +22,7 @@ pub use rules::{
     SideLive, DEFAULT_PARAMS,
 };
 
-/// Number of COCO keypoints.
-pub const NUM_KEYPOINTS: usize = 17;
-
-/// One fencer's keypoints in COCO-17 order: x, y, confidence. NaN x/y means missing.
-pub type Keypoints = [[f32; 3]; NUM_KEYPOINTS];
-
-/// A side of the screen. Fencer 2 of the scoring box is `Left`, Fencer 1 is `Right`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Side {
-    /// Left of screen (attacks towards +x).
-    Left,
-    /// Right of screen (attacks towards -x).
-    Right,
-}
-
-impl Side {
-    /// The opponent.
-    pub fn other(self) -> Side {
-        match self {
-            Side::Left => Side::Right,
-            Side::Right => Side::Left,
-        }
-    }
-
-    /// Lowercase name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Side::Left => "left",
-            Side::Right => "right",
-        }
-    }
-
-    /// Index into per-side arrays (left 0, right 1).
-    pub fn index(self) -> usize {
-        match self {
-            Side::Left => 0,
-            Side::Right => 1,
-        }
-    }
-
-    /// Sign of x pointing towards the opponent.
-    pub fn forward_sign(self) -> f32 {
-        match self {
-            Side::Left => 1.0,
-            Side::Right => -1.0,
-        }
-    }
-}
-
-impl std::fmt::Display for Side {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.name())
-    }
-}
+pub use referee_pose_api::{Keypoints, Side, NUM_KEYPOINTS};
 
 /// The verdict: who scores, or "uncertain, ask a human".
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]

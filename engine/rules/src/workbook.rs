@@ -93,7 +93,8 @@ pub fn infer_fps(n_frames: usize, timeline: &crate::signal::Timeline) -> Option<
     best.filter(|(err, _)| *err <= 0.25).map(|(_, r)| r)
 }
 
-const SHEETS: [&str; 4] = ["left_x", "left_y", "right_x", "right_y"];
+/// Sheet names of the old system's keypoints workbooks, in order (read in any letter case).
+pub const SHEETS: [&str; 4] = ["left_x", "left_y", "right_x", "right_y"];
 
 /// Maps a header cell to a keypoint index: `kp_3`, `3`, `3.0`.
 fn header_index(cell: &Data) -> Option<usize> {

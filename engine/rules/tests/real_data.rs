@@ -1,23 +1,30 @@
 //! Tests over the real phrases in shared/data (skipped with a message when it is absent).
 
-mod common;
+use std::path::PathBuf;
 
 use referee_rules::signal::{parse_signal, EventKind};
 use referee_rules::workbook::{infer_fps, read_workbook};
 use referee_rules::{analyze, PoseFrame, Winner};
+use referee_test_support::{
+    phrase_dirs, require_shared, shared_path, PHRASES, SAMPLE_KEYPOINTS, SAMPLE_SIGNAL,
+};
 
 const FPS: f64 = 15.0;
 
+/// The real phrase folders (those holding a signal log), sorted; None after a skip line (a
+/// failure under CI) when the shared data is absent.
+fn phrases() -> Option<Vec<PathBuf>> {
+    let dir = require_shared(PHRASES, "checking the rules on the real phrases")?;
+    Some(phrase_dirs(&dir, "signal.txt"))
+}
+
 #[test]
 fn parses_every_real_signal_log() {
-    let Some(data) = common::shared_data() else {
+    let Some(phrases) = phrases() else {
         return;
     };
-    let mut logs: Vec<_> = common::phrase_dirs(&data)
-        .into_iter()
-        .map(|d| d.join("signal.txt"))
-        .collect();
-    logs.push(data.join("3809_signal.txt"));
+    let mut logs: Vec<_> = phrases.into_iter().map(|d| d.join("signal.txt")).collect();
+    logs.push(shared_path(SAMPLE_SIGNAL));
     assert!(
         logs.len() >= 131,
         "expected the 130 phrases and the clip's log"
@@ -76,11 +83,11 @@ fn load(dir: &std::path::Path) -> (referee_rules::signal::Timeline, Vec<PoseFram
 
 #[test]
 fn reads_every_real_workbook_aligned_with_its_log() {
-    let Some(data) = common::shared_data() else {
+    let Some(phrases) = phrases() else {
         return;
     };
     let mut rates = std::collections::BTreeMap::new();
-    for dir in common::phrase_dirs(&data) {
+    for dir in phrases {
         let (tl, frames, fps) = load_fps(&dir);
         let ctx = dir.display();
         assert!(frames.len() >= 10, "{ctx}: {} frames", frames.len());
@@ -121,7 +128,7 @@ fn reads_every_real_workbook_aligned_with_its_log() {
         2,
         "both the 15 fps and the 30 fps captures are present: {rates:?}"
     );
-    let frames = read_workbook(&data.join("3809_keypoints.xlsx"), 30.0).expect("clip workbook");
+    let frames = read_workbook(&shared_path(SAMPLE_KEYPOINTS), 30.0).expect("clip workbook");
     assert!(
         frames.len() >= 50,
         "clip workbook has {} frames",
@@ -151,11 +158,11 @@ fn scaled(frames: &[PoseFrame], k: f32) -> Vec<PoseFrame> {
 
 #[test]
 fn real_verdicts_are_scale_invariant() {
-    let Some(data) = common::shared_data() else {
+    let Some(phrases) = phrases() else {
         return;
     };
     let mut decided = 0;
-    for dir in common::phrase_dirs(&data) {
+    for dir in phrases {
         let (tl, frames) = load(&dir);
         let base = analyze(&tl, &frames, FPS);
         decided += usize::from(base.winner != Winner::Uncertain);
@@ -176,10 +183,10 @@ fn real_verdicts_are_scale_invariant() {
 
 #[test]
 fn real_verdicts_explain_themselves() {
-    let Some(data) = common::shared_data() else {
+    let Some(phrases) = phrases() else {
         return;
     };
-    for dir in common::phrase_dirs(&data) {
+    for dir in phrases {
         let (tl, frames) = load(&dir);
         let d = analyze(&tl, &frames, FPS);
         let ctx = dir.display();
@@ -205,11 +212,11 @@ fn real_verdicts_explain_themselves() {
 /// Regression guard on the real labels (evaluation only: the label is read after deciding).
 #[test]
 fn accuracy_on_real_phrases_stays_above_chance() {
-    let Some(data) = common::shared_data() else {
+    let Some(phrases) = phrases() else {
         return;
     };
     let (mut n, mut ok) = (0, 0);
-    for dir in common::phrase_dirs(&data) {
+    for dir in phrases {
         let (tl, frames) = load(&dir);
         let d = analyze(&tl, &frames, FPS);
         let label: serde_json::Value =

@@ -36,7 +36,7 @@ use std::time::Instant;
 pub use kernels::PackedB;
 pub use ops::{Kind, OpRecord, Profile, KIND_NAMES, STAGE_NAMES};
 
-use crate::{decode_raw, ModelError, Person, PoseEstimator, PoseOptions, PreparedFrame};
+use crate::{decode_raw, ModelError, Person, PoseError, PoseEstimator, PoseOptions, PreparedFrame};
 
 /// The fast YOLO11-pose estimator (see the module documentation).
 pub struct FastYoloPose {
@@ -193,7 +193,7 @@ impl PoseEstimator for FastYoloPose {
         (self.opts.input_width, self.opts.input_height)
     }
 
-    fn estimate(&mut self, batch: &[PreparedFrame]) -> Result<Vec<Vec<Person>>, ModelError> {
+    fn estimate(&mut self, batch: &[PreparedFrame]) -> Result<Vec<Vec<Person>>, PoseError> {
         let mut out = Vec::with_capacity(batch.len());
         let thr = self.opts.conf_threshold;
         // score > thr  <=>  logit > ln(thr / (1 - thr)); skip the box/keypoint decode of the rest.
@@ -204,14 +204,7 @@ impl PoseEstimator for FastYoloPose {
             let a = self.raw.len() / crate::decode::RAW_ROWS;
             let mut persons = decode_raw(&self.raw, a, thr, self.opts.iou_threshold);
             for p in &mut persons {
-                let (x1, y1) = f.letterbox.to_source(p.bbox[0], p.bbox[1]);
-                let (x2, y2) = f.letterbox.to_source(p.bbox[2], p.bbox[3]);
-                p.bbox = [x1, y1, x2, y2];
-                for k in p.keypoints.iter_mut() {
-                    let (x, y) = f.letterbox.to_source(k[0], k[1]);
-                    k[0] = x;
-                    k[1] = y;
-                }
+                f.letterbox.person_to_source(p);
             }
             out.push(persons);
         }

@@ -10,8 +10,8 @@ use referee_capture::agent::{run_agent, AgentConfig, NoProgress, SignalInput};
 use referee_capture::encode::{encode, Encoding};
 use referee_capture::pacing::Pacing;
 use referee_capture::source::{now_us, FrameSource, Replay};
-use referee_engine::http::percentile;
-use referee_engine::offline::{buffered_verdict, OfflineFrame};
+use referee_daemon::offline::{buffered_verdict, OfflineFrame};
+use referee_engine::stats::percentile;
 use referee_transport::messages::{FrameEncoding, SessionStart};
 use referee_transport::Trust;
 use serde::Serialize;
@@ -115,7 +115,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let model_name = model.clone();
     let rows = rt.block_on(async {
         let daemon =
-            referee_engine::daemon::Daemon::start(&settings, estimators, &model_name).await?;
+            referee_daemon::Daemon::start(&settings, estimators, &model_name).await?;
         let mut rows = Vec::new();
         for &fps in &args.fps {
             let mut latencies = Vec::new();
@@ -166,7 +166,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     resume: false,
                 };
                 let (v, took) =
-                    buffered_verdict(&daemon.engine, start, frames, "signal.txt", signal.clone())
+                    buffered_verdict(&daemon.core, start, frames, "signal.txt", signal.clone())
                         .await?;
                 buffered.push(took.as_secs_f64() * 1e3);
                 if !args.json {
@@ -189,6 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 phrases: args.phrases,
                 frames_per_phrase: jpegs.len(),
                 stage_mean_ms: daemon
+                    .core
                     .engine
                     .stats()
                     .stages()

@@ -3,15 +3,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use referee_pose_api::{decode_frame, FrameEncoding, Keypoints, Side};
 use referee_rules::signal::{EventKind, Timeline};
-use referee_rules::Keypoints;
-use referee_transport::messages::{FrameEncoding, Side};
 use tracing::{info, warn};
 
 use crate::artifacts::{self, TimelineHit, TimelineSeries};
-use crate::decode::decode_frame;
-use crate::phrase::TrackedPose;
 use crate::rectify::{RectifyParams, RemapTable};
+use crate::tracker::TrackedPose;
 
 /// The encoded frame nearest the hit, with both fencers' keypoints (rectified pixels).
 pub(crate) struct OverlayFrame {
@@ -102,13 +100,9 @@ fn timeline_series(
         let t = e.t as f32;
         match &e.kind {
             EventKind::Hit { scorer, .. } => {
-                let side = match scorer {
-                    referee_rules::Side::Left => Side::Left,
-                    referee_rules::Side::Right => Side::Right,
-                };
                 hits.push(TimelineHit {
                     t,
-                    side,
+                    side: *scorer,
                     label: format!("HIT {}", scorer.name()),
                 });
             }

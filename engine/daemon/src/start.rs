@@ -9,17 +9,18 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use referee_config::Settings;
-use referee_models::PoseEstimator;
+use referee_engine::rectify::RectifyParams;
+use referee_engine::EngineConfig;
+use referee_pose_api::PoseEstimator;
 use referee_transport::auth::{auth_policy, TokenSet};
 use referee_transport::tls::ServerIdentity;
 use referee_transport::EndpointLimits;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::core::Core;
 use crate::http::{HttpState, ServerInfo};
-use crate::pipeline::{Engine, EngineConfig};
-use crate::rectify::RectifyParams;
-use crate::server::QuicContext;
+use crate::quic::QuicContext;
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -71,8 +72,8 @@ pub fn engine_config(s: &Settings) -> EngineConfig {
 
 /// A running daemon.
 pub struct Daemon {
-    /// The engine core.
-    pub engine: Engine,
+    /// The engine core and its event router.
+    pub core: Core,
     /// Address agents and subscribers connect to.
     pub quic_addr: SocketAddr,
     /// Address of /healthz, /status, /metrics and the feed page.
@@ -140,17 +141,17 @@ impl Daemon {
             source,
         })?;
 
-        let engine = Engine::start_workers(engine_config(s), estimators);
+        let core = Core::start(engine_config(s), estimators);
         let (stop, mut stopped) = watch::channel(false);
         let ctx = QuicContext {
-            engine: engine.clone(),
+            core: core.clone(),
             auth: Arc::new(auth),
             limits,
             server_name: format!("referee {}", env!("CARGO_PKG_VERSION")),
         };
-        tokio::spawn(crate::server::serve(endpoint.clone(), ctx));
+        tokio::spawn(crate::quic::serve(endpoint.clone(), ctx));
         let state = HttpState::new(
-            engine.clone(),
+            core.clone(),
             ServerInfo {
                 quic_addr: quic_addr.to_string(),
                 fingerprint: fingerprint.clone(),
@@ -167,7 +168,7 @@ impl Daemon {
         });
         info!(%quic_addr, %http_addr, %fingerprint, "daemon listening");
         Ok(Self {
-            engine,
+            core,
             quic_addr,
             http_addr,
             fingerprint,
@@ -180,8 +181,8 @@ impl Daemon {
     pub async fn shutdown(self) {
         self.endpoint.close(0u32.into(), b"daemon shutting down");
         let _ = self.stop.send(true);
-        let engine = self.engine.clone();
-        let _ = tokio::task::spawn_blocking(move || engine.shutdown()).await;
+        let core = self.core.clone();
+        let _ = tokio::task::spawn_blocking(move || core.shutdown()).await;
         self.endpoint.wait_idle().await;
     }
 }

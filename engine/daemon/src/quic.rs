@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use referee_transport::auth::AuthPolicy;
@@ -20,8 +20,10 @@ use referee_transport::EndpointLimits;
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
-use crate::pipeline::{Admission, Engine};
-use crate::session::SessionShared;
+use referee_engine::{Admission, Session};
+
+use crate::core::Core;
+use crate::map;
 
 /// How long a new connection may take to open its control stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
@@ -31,8 +33,8 @@ const ACK_INTERVAL: Duration = Duration::from_millis(50);
 /// What every connection handler needs.
 #[derive(Clone)]
 pub struct QuicContext {
-    /// The engine frames and signals go to.
-    pub engine: Engine,
+    /// The engine frames and signals go to, with its event router.
+    pub core: Core,
     /// Who may connect in which role.
     pub auth: Arc<AuthPolicy>,
     /// Size limits.
@@ -139,7 +141,7 @@ fn error(code: ErrorCode, message: &str, recoverable: bool) -> ErrorMsg {
     }
 }
 
-type Owned = Arc<Mutex<Vec<Arc<SessionShared>>>>;
+type Owned = Arc<Mutex<Vec<Arc<Session>>>>;
 
 async fn capture_connection(
     conn: quinn::Connection,
@@ -169,7 +171,7 @@ async fn capture_connection(
     };
     // The agent is gone (or misbehaved): its sessions stay open for a resume until they time out.
     for s in owned.lock().iter() {
-        s.detach();
+        ctx.core.router.detach(s.id());
     }
     frames.abort();
     drop(outbox);
@@ -189,20 +191,21 @@ fn handle_capture_msg(
     match msg {
         ClientMsg::SessionStart(start) => {
             let id = start.session_id.clone();
-            match ctx.engine.open_session(start, outbox.clone()) {
+            match ctx.core.engine.open_session(map::session_spec(start)) {
                 Ok(session) => {
-                    let ack = session.acks.lock().to_ack();
+                    ctx.core.router.attach(&id, outbox.clone());
+                    let ack = session.received.lock().to_ack();
                     owned.lock().push(session);
                     let _ = outbox.send(ServerMsg::SessionStarted {
                         session_id: id,
                         ack,
                     });
                 }
-                Err(e) => reply_err(e.to_msg(Some(&id))),
+                Err(e) => reply_err(map::engine_error(&e, Some(&id))),
             }
         }
         ClientMsg::Signal(signal) => {
-            let received_at = Instant::now();
+            let received_at = ctx.core.engine.now();
             let id = signal.session_id.clone();
             if signal.bytes.len() > ctx.limits.max_signal_bytes {
                 metrics::counter!("referee_signals_rejected_total").increment(1);
@@ -220,25 +223,29 @@ fn handle_capture_msg(
                 return;
             }
             let phrase = signal.phrase;
-            match ctx.engine.signal(signal, received_at) {
+            match ctx
+                .core
+                .engine
+                .signal(map::phrase_signal(signal), received_at)
+            {
                 Ok(()) => {
                     let _ = outbox.send(ServerMsg::SignalAck {
                         session_id: id,
                         phrase,
                     });
                 }
-                Err(e) => reply_err(e.to_msg(Some(&id))),
+                Err(e) => reply_err(map::engine_error(&e, Some(&id))),
             }
         }
         ClientMsg::End { session_id } => {
-            if let Err(e) = ctx.engine.end_session(&session_id) {
-                reply_err(e.to_msg(Some(&session_id)));
+            if let Err(e) = ctx.core.engine.end_session(&session_id) {
+                reply_err(map::engine_error(&e, Some(&session_id)));
             }
         }
         ClientMsg::Abort { session_id, reason } => {
             info!(session = %session_id, %reason, "agent aborted the session");
-            if let Err(e) = ctx.engine.abort_session(&session_id) {
-                reply_err(e.to_msg(Some(&session_id)));
+            if let Err(e) = ctx.core.engine.abort_session(&session_id) {
+                reply_err(map::engine_error(&e, Some(&session_id)));
             }
         }
         ClientMsg::Ping { nonce } => {
@@ -272,7 +279,7 @@ async fn control_writer(
             _ = tick.tick() => {
                 let sessions: Vec<_> = owned.lock().clone();
                 for s in sessions {
-                    let ack = s.acks.lock().to_ack();
+                    let ack = s.received.lock().to_ack();
                     if last_acks.get(s.id()) != Some(&ack) {
                         last_acks.insert(s.id().to_string(), ack.clone());
                         let msg = ServerMsg::Ack { session_id: s.id().to_string(), ack };
@@ -308,7 +315,7 @@ async fn frame_acceptor(
             Ok(s) => s,
             Err(_) => return,
         };
-        let engine = ctx.engine.clone();
+        let core = ctx.core.clone();
         let limits = ctx.limits.frame_limits();
         let outbox = outbox.clone();
         tokio::spawn(async move {
@@ -328,13 +335,13 @@ async fn frame_acceptor(
                 }
             };
             let id = header.session_id.clone();
-            let Ok(permit) = engine.reserve().await else {
+            let Ok(permit) = core.reserve().await else {
                 return;
             };
-            match engine.submit(permit, header, bytes) {
+            match core.engine.submit(permit, map::frame_meta(header), bytes) {
                 Ok(Admission::Accepted | Admission::Duplicate) => {}
                 Err(e) => {
-                    let _ = outbox.send(ServerMsg::Error(e.to_msg(Some(&id))));
+                    let _ = outbox.send(ServerMsg::Error(map::engine_error(&e, Some(&id))));
                 }
             }
         });
@@ -360,7 +367,7 @@ async fn feed_connection(
         None => return Ok(()),
     };
     info!(?pistes, "feed subscriber joined");
-    let mut sub = ctx.engine.feed().subscribe(pistes);
+    let mut sub = ctx.core.feed().subscribe(pistes);
     // Reading happens in its own task: a partially read message must never be cancelled.
     let (pings_tx, mut pings) = mpsc::channel::<u64>(8);
     let max = ctx.limits.control_message_limit();

@@ -1,15 +1,15 @@
-//! Running the engine on frames in the same process (no network): `referee analyze --video`,
+//! Driving the engine with frames from the same process (no network): `referee analyze --video`,
 //! and the "buffered" baseline of the end-to-end bench (the old system's way: receive the
 //! whole phrase, then process every frame after the signal).
 
 use std::time::{Duration, Instant};
 
-use referee_transport::messages::{
-    FrameEncoding, FrameHeader, ServerMsg, SessionStart, Signal, VerdictReport,
-};
+use referee_engine::{EngineError, FrameMeta, PhraseSignal};
+use referee_transport::messages::{FrameEncoding, ServerMsg, SessionStart, VerdictReport};
 use tokio::sync::mpsc;
 
-use crate::pipeline::{Engine, EngineError};
+use crate::core::Core;
+use crate::map;
 
 /// Why an offline run failed.
 #[derive(Debug, thiserror::Error)]
@@ -34,19 +34,20 @@ pub struct OfflineFrame {
 
 /// A session fed in-process.
 pub struct OfflineSession {
-    engine: Engine,
+    core: Core,
     start: SessionStart,
     inbox: mpsc::UnboundedReceiver<ServerMsg>,
     next_frame: u64,
 }
 
 impl OfflineSession {
-    /// Opens a session on `engine`.
-    pub fn open(engine: &Engine, start: SessionStart) -> Result<Self, OfflineError> {
+    /// Opens a session on `core`.
+    pub fn open(core: &Core, start: SessionStart) -> Result<Self, OfflineError> {
         let (tx, inbox) = mpsc::unbounded_channel();
-        engine.open_session(start.clone(), tx)?;
+        core.engine.open_session(map::session_spec(start.clone()))?;
+        core.router.attach(&start.session_id, tx);
         Ok(Self {
-            engine: engine.clone(),
+            core: core.clone(),
             start,
             inbox,
             next_frame: 0,
@@ -55,8 +56,8 @@ impl OfflineSession {
 
     /// Submits the next frame, waiting for room in the pipeline (backpressure).
     pub async fn push(&mut self, frame: OfflineFrame) -> Result<(), OfflineError> {
-        let permit = self.engine.reserve().await?;
-        let header = FrameHeader {
+        let permit = self.core.reserve().await?;
+        let meta = FrameMeta {
             session_id: self.start.session_id.clone(),
             frame: self.next_frame,
             capture_ts_us: frame.capture_ts_us,
@@ -64,7 +65,7 @@ impl OfflineSession {
             len: frame.bytes.len() as u32,
         };
         self.next_frame += 1;
-        self.engine.submit(permit, header, frame.bytes)?;
+        self.core.engine.submit(permit, meta, frame.bytes)?;
         Ok(())
     }
 
@@ -80,15 +81,15 @@ impl OfflineSession {
         signal: Vec<u8>,
         timeout: Duration,
     ) -> Result<VerdictReport, OfflineError> {
-        self.engine.signal(
-            Signal {
+        self.core.engine.signal(
+            PhraseSignal {
                 session_id: self.start.session_id.clone(),
                 phrase: 0,
                 filename: filename.to_string(),
                 bytes: signal,
                 phrase_start_us: None,
             },
-            Instant::now(),
+            self.core.engine.now(),
         )?;
         let deadline = Instant::now() + timeout;
         let verdict = loop {
@@ -100,7 +101,7 @@ impl OfflineSession {
                 Ok(None) | Err(_) => return Err(OfflineError::NoVerdict(timeout)),
             }
         };
-        self.engine.end_session(&self.start.session_id)?;
+        self.core.engine.end_session(&self.start.session_id)?;
         Ok(verdict)
     }
 }
@@ -109,14 +110,14 @@ impl OfflineSession {
 /// lands; only then are they all processed. Returns the verdict and the time from the signal's
 /// arrival (the start of this call) to the verdict.
 pub async fn buffered_verdict(
-    engine: &Engine,
+    core: &Core,
     start: SessionStart,
     frames: Vec<OfflineFrame>,
     filename: &str,
     signal: Vec<u8>,
 ) -> Result<(VerdictReport, Duration), OfflineError> {
     let t0 = Instant::now();
-    let mut session = OfflineSession::open(engine, start)?;
+    let mut session = OfflineSession::open(core, start)?;
     for f in frames {
         session.push(f).await?;
     }

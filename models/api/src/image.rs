@@ -1,4 +1,6 @@
-//! Frame decoding: JPEG (zune-jpeg), PNG (png) or raw RGB24 bytes into a packed 8-bit RGB image.
+//! The one image decoder of the workspace: JPEG (zune-jpeg), PNG (png) or raw RGB24 bytes into a
+//! packed 8-bit [`RgbImage`]. The engine decodes frames with it, the capture agent transcodes
+//! with it, the pose tools load still images with it.
 //!
 //! Every input is untrusted: corrupt, truncated or oversized data gives a [`DecodeError`], never a
 //! panic. Dimensions are checked against `max_pixels` from the header, before any pixel buffer is
@@ -8,17 +10,39 @@
 use std::io::Cursor;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use referee_transport::messages::FrameEncoding;
+use serde::{Deserialize, Serialize};
 use zune_jpeg::zune_core::bytestream::ZCursor;
 use zune_jpeg::zune_core::colorspace::ColorSpace;
 use zune_jpeg::zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
+/// How a frame's bytes are encoded (the wire protocol carries this value as is).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FrameEncoding {
+    /// A baseline or progressive JPEG.
+    Jpeg,
+    /// A PNG (8/16-bit gray, gray+alpha, RGB, RGBA, palette).
+    Png,
+    /// Packed 8-bit RGB, `width * height * 3` bytes.
+    Rgb24 {
+        /// Width in pixels.
+        width: u32,
+        /// Height in pixels.
+        height: u32,
+    },
+}
+
+/// Largest image the still-image helpers ([`decode_image`], [`load_image`]) accept, in pixels.
+pub const STILL_IMAGE_MAX_PIXELS: usize = 16384 * 16384;
+
 /// A packed 8-bit RGB image, row-major, `data.len() == width * height * 3`.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RgbImage {
+    /// Width in pixels.
     pub width: usize,
+    /// Height in pixels.
     pub height: usize,
+    /// Packed RGB, `width * height * 3` bytes.
     pub data: Vec<u8>,
 }
 
@@ -49,6 +73,7 @@ impl RgbImage {
 }
 
 /// Why a frame could not be decoded.
+#[allow(missing_docs)]
 #[derive(Debug, thiserror::Error)]
 pub enum DecodeError {
     #[error("empty frame payload")]
@@ -77,6 +102,44 @@ pub enum DecodeError {
     PngUnsupported(String),
     #[error("{0} decoder panicked on this input")]
     DecoderPanic(&'static str),
+    #[error("not a JPEG or PNG image")]
+    UnknownFormat,
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// True when the bytes start like a JPEG or a PNG.
+pub fn is_image(bytes: &[u8]) -> bool {
+    sniff(bytes).is_some()
+}
+
+fn sniff(bytes: &[u8]) -> Option<FrameEncoding> {
+    if bytes.starts_with(b"\x89PNG") {
+        Some(FrameEncoding::Png)
+    } else if bytes.starts_with(&[0xff, 0xd8]) {
+        Some(FrameEncoding::Jpeg)
+    } else {
+        None
+    }
+}
+
+/// Decodes JPEG or PNG bytes, the format sniffed from the content.
+pub fn decode_image(bytes: &[u8]) -> Result<RgbImage, DecodeError> {
+    let encoding = sniff(bytes).ok_or(DecodeError::UnknownFormat)?;
+    decode_frame(encoding, bytes, STILL_IMAGE_MAX_PIXELS)
+}
+
+/// Reads and decodes a JPEG or PNG file.
+pub fn load_image(path: &std::path::Path) -> Result<RgbImage, DecodeError> {
+    let bytes = std::fs::read(path).map_err(|source| DecodeError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    decode_image(&bytes)
 }
 
 /// Decodes one frame into a new [`RgbImage`]; see [`decode_frame_into`] for the rules.
@@ -500,5 +563,29 @@ mod tests {
         decode_frame_into(FrameEncoding::Jpeg, &bytes, MAX, &mut out).expect("second");
         assert_eq!((out.data.as_ptr(), out.data.capacity()), (ptr, cap));
         assert!(out.is_consistent());
+    }
+
+    #[test]
+    fn still_images_are_sniffed() {
+        let png = png_of(
+            2,
+            1,
+            png::ColorType::Rgba,
+            &[10, 20, 30, 255, 40, 50, 60, 0],
+        );
+        let img = decode_image(&png).expect("png");
+        assert_eq!((img.width, img.height), (2, 1));
+        assert_eq!(img.data, vec![10, 20, 30, 40, 50, 60]);
+        assert!(is_image(&png) && !is_image(b"hello"));
+        assert!(matches!(
+            decode_image(b"hello"),
+            Err(DecodeError::UnknownFormat)
+        ));
+        assert!(decode_image(&[0xff, 0xd8, 0x00]).is_err());
+        let missing = load_image(std::path::Path::new("/nonexistent/x.png")).unwrap_err();
+        assert!(
+            missing.to_string().contains("/nonexistent/x.png"),
+            "{missing}"
+        );
     }
 }

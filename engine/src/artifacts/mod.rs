@@ -9,15 +9,15 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use referee_models::Keypoints;
-use referee_transport::messages::Side;
+use referee_pose_api::{Keypoints, RgbImage, Side};
 use serde::Serialize;
 
-use crate::decode::RgbImage;
 use crate::tracker::TrackedFrame;
 
-/// Sheet names of the old system's keypoints workbooks, in order.
-pub const WORKBOOK_SHEETS: [&str; 4] = ["left_x", "left_y", "right_x", "right_y"];
+pub mod job;
+
+/// Sheet names of the old system's keypoints workbooks, in order (one home: the reader's).
+pub use referee_rules::workbook::SHEETS as WORKBOOK_SHEETS;
 /// COCO-17 limbs drawn on the overlay (keypoint index pairs).
 pub const COCO_LIMBS: [(usize, usize); 16] = [
     (0, 1),
@@ -800,8 +800,8 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let p = dir.path().join("overlay.png");
         write_overlay(&p, &img, Some(&left), Some(&right)).expect("write");
-        let out = crate::decode::decode_frame(
-            referee_transport::messages::FrameEncoding::Png,
+        let out = referee_pose_api::decode_frame(
+            referee_pose_api::FrameEncoding::Png,
             &fs::read(&p).expect("read"),
             1 << 20,
         )

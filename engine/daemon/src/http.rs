@@ -15,7 +15,9 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use referee_transport::messages::FeedEvent;
 use serde::{Deserialize, Serialize};
 
-use crate::pipeline::Engine;
+use referee_engine::stats::{percentile, StageSummary};
+
+use crate::core::Core;
 
 const FEED_PAGE: &str = include_str!("web/index.html");
 
@@ -37,7 +39,7 @@ pub fn prometheus() -> PrometheusHandle {
 /// What the HTTP handlers need.
 #[derive(Clone)]
 pub struct HttpState {
-    engine: Engine,
+    core: Core,
     metrics: PrometheusHandle,
     started: Instant,
     info: Arc<ServerInfo>,
@@ -56,9 +58,9 @@ pub struct ServerInfo {
 
 impl HttpState {
     /// State for the router.
-    pub fn new(engine: Engine, info: ServerInfo) -> Self {
+    pub fn new(core: Core, info: ServerInfo) -> Self {
         Self {
-            engine,
+            core,
             metrics: prometheus(),
             started: Instant::now(),
             info: Arc::new(info),
@@ -97,7 +99,7 @@ async fn healthz(State(s): State<HttpState>) -> Response {
     let body = serde_json::json!({
         "status": "ok",
         "uptime_s": s.started.elapsed().as_secs_f64(),
-        "sessions": s.engine.sessions().len(),
+        "sessions": s.core.engine.sessions().len(),
     });
     (StatusCode::OK, Json(body)).into_response()
 }
@@ -111,7 +113,7 @@ struct StatusDoc {
     sessions: Vec<SessionDoc>,
     queues: std::collections::BTreeMap<String, usize>,
     in_flight: usize,
-    stages: std::collections::BTreeMap<String, crate::stats::StageSummary>,
+    stages: std::collections::BTreeMap<String, StageSummary>,
     frames: FramesDoc,
     refused: std::collections::BTreeMap<String, u64>,
     verdicts: u64,
@@ -132,7 +134,7 @@ struct SessionDoc {
     attached: bool,
     idle_s: f64,
     age_s: f64,
-    stats: referee_transport::messages::SessionStats,
+    stats: referee_engine::SessionStats,
     bytes: u64,
 }
 
@@ -173,17 +175,6 @@ struct StreamingStats {
     session_timeout_s: u64,
 }
 
-/// Percentile by nearest rank over a copy of `values` (None when empty).
-pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
-    if values.is_empty() {
-        return None;
-    }
-    let mut v = values.to_vec();
-    v.sort_by(f64::total_cmp);
-    let rank = ((p / 100.0) * v.len() as f64).ceil() as usize;
-    Some(v[rank.clamp(1, v.len()) - 1])
-}
-
 /// Resident set size of this process in MB (Linux), if readable.
 pub fn rss_mb() -> Option<f64> {
     let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
@@ -192,7 +183,8 @@ pub fn rss_mb() -> Option<f64> {
 }
 
 async fn status(State(s): State<HttpState>) -> Json<StatusDoc> {
-    let e = &s.engine;
+    let e = &s.core.engine;
+    let now = e.now();
     let cfg = e.config();
     let sessions: Vec<SessionDoc> = e
         .sessions()
@@ -200,12 +192,12 @@ async fn status(State(s): State<HttpState>) -> Json<StatusDoc> {
         .map(|sess| SessionDoc {
             session_id: sess.id().to_string(),
             piste: sess.piste().to_string(),
-            fps: sess.start.fps,
-            width: sess.start.width,
-            height: sess.start.height,
-            attached: sess.is_attached(),
-            idle_s: sess.idle_for().as_secs_f64(),
-            age_s: sess.opened_at.elapsed().as_secs_f64(),
+            fps: sess.spec.fps,
+            width: sess.spec.width,
+            height: sess.spec.height,
+            attached: s.core.router.is_attached(sess.id()),
+            idle_s: sess.idle_for(now).as_secs_f64(),
+            age_s: now.saturating_duration_since(sess.opened_at).as_secs_f64(),
             stats: sess.counters.snapshot(),
             bytes: sess
                 .counters
@@ -253,16 +245,16 @@ async fn status(State(s): State<HttpState>) -> Json<StatusDoc> {
             budget_mb: cfg.max_memory_bytes >> 20,
         },
         feed: FeedDoc {
-            subscribers: e.feed().subscribers(),
-            published: e.feed().published(),
-            dropped_for_slow_subscribers: e.feed().lagged(),
+            subscribers: s.core.feed().subscribers(),
+            published: s.core.feed().published(),
+            dropped_for_slow_subscribers: s.core.feed().lagged(),
         },
     })
 }
 
 async fn prometheus_metrics(State(s): State<HttpState>) -> Response {
     // Refresh the queue-depth gauges before rendering.
-    let _ = s.engine.stats().queue_depths();
+    let _ = s.core.engine.stats().queue_depths();
     metrics::gauge!("referee_memory_rss_bytes").set(rss_mb().unwrap_or(0.0) * 1024.0 * 1024.0);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
@@ -312,25 +304,11 @@ async fn feed_events(
         .filter(|p| !p.is_empty())
         .map(str::to_string)
         .collect();
-    let sub = s.engine.feed().subscribe(pistes);
+    let sub = s.core.feed().subscribe(pistes);
     let stream = futures_util::stream::unfold(sub, |mut sub| async move {
         let event = sub.next().await?;
         let (name, data) = sse_parts(&event);
         Some((Ok(Event::default().event(name).data(data.to_string())), sub))
     });
     Sse::new(stream).keep_alive(KeepAlive::new().interval(Duration::from_secs(10)))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn percentile_by_nearest_rank() {
-        let v = [5.0, 1.0, 3.0, 2.0, 4.0];
-        assert_eq!(percentile(&v, 50.0), Some(3.0));
-        assert_eq!(percentile(&v, 95.0), Some(5.0));
-        assert_eq!(percentile(&v, 0.0), Some(1.0));
-        assert_eq!(percentile(&[], 50.0), None);
-    }
 }

@@ -1,16 +1,27 @@
 //! Acknowledgement arithmetic, in one place: which frames an [`Ack`] covers, how many, and how a
 //! receiver builds one from the frame numbers it has seen.
 //!
-//! The wire type itself stays in [`crate::messages`]; this module gives it its methods, so the
-//! agent (which reads acks to drop and resend frames) and the daemon (which writes them) share
-//! one implementation.
+//! The agent (which reads acks to drop and resend frames), the engine (which keeps the received
+//! set) and the daemon (which sends acks) share this one implementation; the wire protocol
+//! carries [`Ack`] as is.
 //!
 //! An ack is cumulative with gaps: every frame below `next_expected` arrived, and each half-open
 //! range `[start, end)` of `received_ranges` arrived too. Frame `u64::MAX` cannot end a
 //! half-open `u64` range, so it is never acknowledged (the daemon caps frame numbers far below).
 
-use crate::messages::Ack;
 use std::collections::BTreeSet;
+
+use serde::{Deserialize, Serialize};
+
+/// Cumulative acknowledgement: every frame below `next_expected` arrived; `received_ranges`
+/// lists half-open ranges `[start, end)` above it that also arrived (the rest are gaps).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Ack {
+    /// Every frame below this one arrived.
+    pub next_expected: u64,
+    /// Half-open ranges above `next_expected` that arrived too.
+    pub received_ranges: Vec<(u64, u64)>,
+}
 
 impl Ack {
     /// True when frame `n` is acknowledged: below `next_expected` or inside a received range.

@@ -1,0 +1,208 @@
+//! The engine as the daemon drives it: the engine core, the router that delivers its events
+//! to agents' control streams and to the feed, the async wait for pipeline room, and the
+//! janitor that gives the engine its idle-timeout ticks.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use referee_engine::{Engine, EngineConfig, EngineError, EngineEvent, EventSink, FramePermit};
+use referee_pose_api::PoseEstimator;
+use referee_transport::messages::{FeedEvent, ServerMsg};
+use tokio::sync::{mpsc, Notify};
+
+use crate::feed::{FeedHub, DEFAULT_SUBSCRIBER_BUFFER};
+use crate::map;
+
+/// How often idle sessions are looked for.
+const JANITOR_TICK: Duration = Duration::from_millis(200);
+
+/// Delivers engine events: to the control stream of the agent attached to the session, and
+/// to the feed.
+pub struct EventRouter {
+    outboxes: Mutex<HashMap<String, mpsc::UnboundedSender<ServerMsg>>>,
+    feed: FeedHub,
+}
+
+impl EventRouter {
+    fn new() -> Self {
+        Self {
+            outboxes: Mutex::new(HashMap::new()),
+            feed: FeedHub::new(DEFAULT_SUBSCRIBER_BUFFER),
+        }
+    }
+
+    /// Routes the session's messages to `outbox` (a new or resuming agent).
+    pub fn attach(&self, session_id: &str, outbox: mpsc::UnboundedSender<ServerMsg>) {
+        self.outboxes.lock().insert(session_id.to_string(), outbox);
+    }
+
+    /// Stops routing the session's messages (its agent went away).
+    pub fn detach(&self, session_id: &str) {
+        self.outboxes.lock().remove(session_id);
+    }
+
+    /// True when an agent's control stream is attached to the session.
+    pub fn is_attached(&self, session_id: &str) -> bool {
+        self.outboxes
+            .lock()
+            .get(session_id)
+            .is_some_and(|tx| !tx.is_closed())
+    }
+
+    /// Sends `msg` to the session's agent; false when none is attached.
+    pub fn to_agent(&self, session_id: &str, msg: ServerMsg) -> bool {
+        match self.outboxes.lock().get(session_id) {
+            Some(tx) => tx.send(msg).is_ok(),
+            None => false,
+        }
+    }
+
+    /// The feed hub.
+    pub fn feed(&self) -> &FeedHub {
+        &self.feed
+    }
+}
+
+impl EventSink for EventRouter {
+    fn emit(&self, event: EngineEvent) {
+        match event {
+            EngineEvent::SessionStarted { session_id, piste } => {
+                self.feed
+                    .publish(FeedEvent::SessionStarted { session_id, piste });
+            }
+            EngineEvent::Progress {
+                session_id,
+                stats,
+                queue_depth,
+            } => {
+                let msg = ServerMsg::Progress {
+                    session_id: session_id.clone(),
+                    stats: map::session_stats(&stats),
+                    queue_depth,
+                };
+                self.to_agent(&session_id, msg);
+            }
+            EngineEvent::Live {
+                session_id,
+                piste,
+                frame,
+                estimate,
+            } => {
+                let live = map::live_state(&session_id, &piste, frame, &estimate);
+                self.feed.publish(FeedEvent::Live(live));
+            }
+            EngineEvent::Verdict { verdict, repeated } => {
+                let report = map::verdict_report(&verdict);
+                self.to_agent(&verdict.session_id, ServerMsg::Verdict(report.clone()));
+                if !repeated {
+                    self.feed.publish(FeedEvent::Verdict(report));
+                }
+            }
+            EngineEvent::Failure {
+                session_id,
+                kind,
+                message,
+            } => {
+                let err = map::failure(&session_id, kind, &message);
+                self.to_agent(&session_id, ServerMsg::Error(err.clone()));
+                if kind == referee_engine::FailureKind::BadSignal {
+                    self.feed.publish(FeedEvent::Error(err));
+                }
+            }
+            EngineEvent::SessionEnded {
+                session_id,
+                piste,
+                stats,
+            } => {
+                let stats = map::session_stats(&stats);
+                self.to_agent(
+                    &session_id,
+                    ServerMsg::SessionEnded {
+                        session_id: session_id.clone(),
+                        stats: stats.clone(),
+                    },
+                );
+                self.detach(&session_id);
+                self.feed.publish(FeedEvent::SessionEnded {
+                    session_id,
+                    piste,
+                    stats,
+                });
+            }
+        }
+    }
+}
+
+/// The engine with its router; cheap to clone.
+#[derive(Clone)]
+pub struct Core {
+    /// The engine core.
+    pub engine: Engine,
+    /// Where its events go.
+    pub router: Arc<EventRouter>,
+    room: Arc<Notify>,
+    stopped: Arc<AtomicBool>,
+}
+
+impl Core {
+    /// Starts the engine with one pose worker per estimator, and its janitor thread.
+    pub fn start(cfg: EngineConfig, estimators: Vec<Box<dyn PoseEstimator>>) -> Self {
+        let router = Arc::new(EventRouter::new());
+        let engine = Engine::start(cfg, estimators, router.clone());
+        let room = Arc::new(Notify::new());
+        let notify = room.clone();
+        engine.on_permit_released(Arc::new(move || notify.notify_waiters()));
+        let stopped = Arc::new(AtomicBool::new(false));
+        let core = Self {
+            engine,
+            router,
+            room,
+            stopped,
+        };
+        core.spawn_janitor();
+        core
+    }
+
+    fn spawn_janitor(&self) {
+        let (engine, stopped) = (self.engine.clone(), self.stopped.clone());
+        let spawned = std::thread::Builder::new()
+            .name("referee-janitor".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Acquire) {
+                    std::thread::sleep(JANITOR_TICK);
+                    engine.expire_idle_sessions();
+                }
+            });
+        if let Err(e) = spawned {
+            tracing::warn!(error = %e, "cannot start the janitor: idle sessions will not time out");
+        }
+    }
+
+    /// Waits without blocking the runtime for room in the pipeline.
+    pub async fn reserve(&self) -> Result<FramePermit, EngineError> {
+        loop {
+            let room = self.room.notified();
+            tokio::pin!(room);
+            // Registered before looking, so a permit released in between is not missed.
+            room.as_mut().enable();
+            if let Some(permit) = self.engine.try_reserve()? {
+                return Ok(permit);
+            }
+            room.await;
+        }
+    }
+
+    /// The feed hub.
+    pub fn feed(&self) -> &FeedHub {
+        self.router.feed()
+    }
+
+    /// Stops the janitor, drains the pipeline and joins its threads (blocking).
+    pub fn shutdown(&self) {
+        self.stopped.store(true, Ordering::Release);
+        self.engine.shutdown();
+    }
+}

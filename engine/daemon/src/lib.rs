@@ -1,0 +1,22 @@
+//! The referee daemon: drives the sans-IO engine core (`referee-engine`) from the network.
+//!
+//! - [`start`]: assembles a daemon from settings ([`Daemon::start`]): engine, QUIC endpoint,
+//!   HTTP server; [`pose`] builds the pose estimators the engine is given.
+//! - [`core`]: the engine with its [`core::EventRouter`] (engine events to agents and the
+//!   feed), the async wait for pipeline room, the idle-session janitor.
+//! - [`quic`]: agents and feed subscribers over QUIC; [`http`]: `/healthz`, `/status`,
+//!   `/metrics`, the feed page and Server-Sent Events; [`feed`]: the fan-out hub.
+//! - [`map`]: the one mapping between engine values and wire messages.
+//! - [`offline`]: the same engine driven from frames in this process (analyze, benches).
+
+pub mod core;
+pub mod feed;
+pub mod http;
+pub mod map;
+pub mod offline;
+pub mod pose;
+pub mod quic;
+pub mod start;
+
+pub use core::{Core, EventRouter};
+pub use start::{engine_config, Daemon, DaemonError};
