@@ -69,7 +69,7 @@ struct Cli {
     #[arg(long)]
     fast: bool,
 
-    /// Session identifier (default: capture-<unix time>).
+    /// Session identifier (default: capture-<host>-<unix ms>-<random>, unique per agent).
     #[arg(long)]
     session_id: Option<String>,
     /// Piste identifier.
@@ -205,7 +205,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let session_id = cli
         .session_id
         .clone()
-        .unwrap_or_else(|| format!("capture-{}", source::now_us() / 1_000_000));
+        .unwrap_or_else(referee_capture::agent::default_session_id);
     let mut cfg = AgentConfig::new(addr, trust, session_id);
     cfg.server_name = cli.server_name.clone().unwrap_or(host);
     cfg.token = cli.token.clone();

@@ -117,18 +117,8 @@ impl Drop for FramePermit {
 /// Checks a session start: a safe id, a sane frame rate and size.
 pub(crate) fn validate_spec(spec: &SessionSpec) -> Result<(), EngineError> {
     let bad = |m: String| Err(EngineError::BadSessionStart(m));
-    if spec.id.is_empty() || spec.id.len() > 128 {
-        return bad("session_id must be 1-128 characters".into());
-    }
-    if !spec
-        .id
-        .chars()
-        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
-        return bad(format!(
-            "session_id {:?} may only contain letters, digits, '-', '_' and '.'",
-            spec.id
-        ));
+    if let Err(m) = check_safe_name(&spec.id) {
+        return bad(format!("session_id {m}"));
     }
     if !(spec.fps.is_finite() && spec.fps > 0.0 && spec.fps <= 1000.0) {
         return bad(format!("fps {} must be in (0, 1000]", spec.fps));
@@ -138,6 +128,30 @@ pub(crate) fn validate_spec(spec: &SessionSpec) -> Result<(), EngineError> {
             "frame size {}x{} must be between 1x1 and 8192x8192",
             spec.width, spec.height
         ));
+    }
+    Ok(())
+}
+
+/// Longest session id (it names a folder under the output directory).
+pub const MAX_SESSION_ID_LEN: usize = 128;
+
+/// A session id becomes a folder name under the output directory, so it must be a safe name:
+/// 1-[`MAX_SESSION_ID_LEN`] ASCII letters, digits, '-', '_' or '.', not starting with '.'
+/// (which also rules out "." and ".."), so it can never leave that directory or hide there.
+pub fn check_safe_name(id: &str) -> Result<(), String> {
+    if id.is_empty() || id.len() > MAX_SESSION_ID_LEN {
+        return Err(format!("must be 1-{MAX_SESSION_ID_LEN} characters"));
+    }
+    if !id
+        .chars()
+        .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+    {
+        return Err(format!(
+            "{id:?} may only contain letters, digits, '-', '_' and '.'"
+        ));
+    }
+    if id.starts_with('.') {
+        return Err(format!("{id:?} must not start with '.'"));
     }
     Ok(())
 }

@@ -188,6 +188,42 @@ fn bad_session_start_is_refused_with_the_reason() {
     engine.shutdown();
 }
 
+/// Issue #16 item 4: a session id of ".." made the daemon write artifacts outside its output
+/// directory. Ids are safe names now; a refused id writes nothing anywhere.
+#[test]
+fn path_traversal_session_id_dotdot_is_refused() {
+    let out = tempfile::tempdir().expect("tempdir");
+    let inner = out.path().join("out");
+    let mut cfg = config();
+    cfg.output_dir = Some(inner.clone());
+    let (engine, _events) = engine_with(cfg, 1);
+    for id in ["..", ".", ".hidden", "../escape", "a/b", &"x".repeat(129)] {
+        let err = engine
+            .open_session(start(id))
+            .err()
+            .unwrap_or_else(|| panic!("{id:?} must be refused"));
+        assert!(
+            matches!(err, EngineError::BadSessionStart(_)),
+            "{id:?}: {err}"
+        );
+        assert!(err.to_string().contains("session_id"), "{err}");
+    }
+    engine
+        .open_session(start("piste-1.a_b"))
+        .expect("a safe id");
+    engine.shutdown();
+    let escaped: Vec<_> = std::fs::read_dir(out.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name())
+        .filter(|n| n != "out")
+        .collect();
+    assert!(
+        escaped.is_empty(),
+        "written outside the output dir: {escaped:?}"
+    );
+}
+
 #[test]
 fn duplicates_out_of_order_and_bad_frames_are_accounted() {
     let (engine, events) = engine_with(config(), 1);

@@ -12,6 +12,43 @@ use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// A session id no other agent will pick: `capture-<host>-<unix ms>-<random>`. Two agents
+/// started in the same second (or millisecond) on one host still differ by the random part,
+/// and agents on different hosts by the host name. Only characters the daemon accepts in a
+/// session id are used (the host name is filtered and shortened).
+pub fn default_session_id() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .or_else(|| std::env::var("COMPUTERNAME").ok())
+        .unwrap_or_default();
+    let mut host: String = host
+        .trim()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '-')
+        .take(32)
+        .collect();
+    if host.is_empty() {
+        host = "host".into();
+    }
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    // RandomState is seeded from the OS's random source; mixing in the time, the process id and
+    // a per-process counter makes every call differ even within one process.
+    static CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(now.as_nanos());
+    h.write_u32(std::process::id());
+    h.write_u64(CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed));
+    format!(
+        "capture-{host}-{}-{:08x}",
+        now.as_millis(),
+        h.finish() as u32
+    )
+}
+
 /// Everything the agent needs besides its frame source and signal.
 #[derive(Clone)]
 pub struct AgentConfig {
@@ -180,5 +217,30 @@ impl SignalInput {
             dir: dir.to_path_buf(),
             poll: Duration::from_millis(200),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_session_id;
+
+    /// Issue #16 item 6b: the default id was `capture-<unix seconds>`, so two agents started in
+    /// the same second took the same session (the second one was refused or resumed the first).
+    #[test]
+    fn two_agents_started_in_the_same_second_get_different_session_ids() {
+        let ids: Vec<String> = (0..64).map(|_| default_session_id()).collect();
+        let mut unique = ids.clone();
+        unique.sort();
+        unique.dedup();
+        assert_eq!(unique.len(), ids.len(), "{ids:?}");
+        for id in &ids {
+            assert!(id.len() <= 128, "{id}");
+            assert!(!id.starts_with('.'), "{id}");
+            assert!(
+                id.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+                "{id} has characters the daemon refuses"
+            );
+        }
     }
 }

@@ -37,7 +37,7 @@ mod signals;
 mod state;
 mod watch;
 
-pub use config::{AgentConfig, SignalInput};
+pub use config::{default_session_id, AgentConfig, SignalInput};
 pub use error::AgentError;
 pub use progress::{AgentOutcome, AgentStats, NoProgress, ProgressSink};
 

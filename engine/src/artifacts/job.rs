@@ -1,6 +1,6 @@
 //! Writes a phrase's artifacts off the verdict path, on a short-lived thread.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use referee_pose_api::{decode_frame, FrameEncoding, Keypoints, Side};
@@ -30,6 +30,38 @@ pub(crate) struct ArtifactJob {
     pub rectified: (usize, usize),
     pub overlay: Option<OverlayFrame>,
     pub rectify: RectifyParams,
+}
+
+/// The folder for one phrase's artifacts: `<output_dir>/<session>/phrase-NNN`. The session id
+/// must be a safe name and the path must stay under `output_dir` (checked on the components,
+/// so it holds before the folder exists); anything else is refused, never written.
+pub(crate) fn phrase_dir(
+    output_dir: &Path,
+    session_id: &str,
+    phrase: u32,
+) -> Result<PathBuf, ArtifactJobError> {
+    crate::admission::check_safe_name(session_id)
+        .map_err(|m| ArtifactJobError::UnsafePath(format!("session id {m}")))?;
+    let relative = PathBuf::from(session_id).join(format!("phrase-{phrase:03}"));
+    if !relative
+        .components()
+        .all(|c| matches!(c, Component::Normal(_)))
+    {
+        return Err(ArtifactJobError::UnsafePath(format!(
+            "{} leaves {}",
+            relative.display(),
+            output_dir.display()
+        )));
+    }
+    let dir = output_dir.join(relative);
+    if !dir.starts_with(output_dir) {
+        return Err(ArtifactJobError::UnsafePath(format!(
+            "{} is not under {}",
+            dir.display(),
+            output_dir.display()
+        )));
+    }
+    Ok(dir)
 }
 
 /// Writes the artifacts on a background thread; failures are logged and counted.
@@ -138,4 +170,33 @@ pub enum ArtifactJobError {
     Artifact(#[from] artifacts::ArtifactError),
     #[error("overlay image: {0}")]
     Overlay(String),
+    #[error("refused artifact path: {0}")]
+    UnsafePath(String),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_traversal_session_id_cannot_leave_the_output_dir() {
+        let out = Path::new("/srv/referee/out");
+        for id in [
+            "..",
+            ".",
+            "../x",
+            "a/../../b",
+            "/etc",
+            ".hidden",
+            "a\\b",
+            "",
+        ] {
+            assert!(
+                matches!(phrase_dir(out, id, 0), Err(ArtifactJobError::UnsafePath(_))),
+                "{id:?} must be refused"
+            );
+        }
+        let dir = phrase_dir(out, "piste-1_2026.12.01", 3).expect("a safe name");
+        assert_eq!(dir, out.join("piste-1_2026.12.01").join("phrase-003"));
+    }
 }

@@ -335,11 +335,17 @@ impl SessionReferee {
         ctx.stats.record_verdict_latency(latency);
         ctx.verdicts.fetch_add(1, Ordering::Relaxed);
         self.phrases_decided += 1;
-        if let Some(dir) = &ctx.cfg.output_dir {
+        let dir = ctx.cfg.output_dir.as_deref().and_then(|out| {
+            crate::artifacts::job::phrase_dir(out, self.session.id(), p.signal.phrase)
+                .map_err(|e| {
+                    metrics::counter!("referee_artifact_errors_total").increment(1);
+                    warn!(session = self.session.id(), error = %e, "artifacts not written");
+                })
+                .ok()
+        });
+        if let Some(dir) = dir {
             let job = ArtifactJob {
-                dir: dir
-                    .join(self.session.id())
-                    .join(format!("phrase-{:03}", p.signal.phrase)),
+                dir,
                 title: format!(
                     "{} phrase {}: {:?} ({:.0}%)",
                     self.session.id(),
