@@ -240,6 +240,22 @@ mod avx {
 mod avx {
     use std::arch::x86_64::*;
 
+    /// Column `j` of a 4x4 tile stored as `[16][c]`: tile elements (0, j) .. (3, j), 8
+    /// channels from `ch`.
+    ///
+    /// # Safety
+    /// AVX2 present; `p` readable for `16*c` floats, `ch + 8 <= c`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn column(p: *const f32, c: usize, ch: usize, j: usize) -> [__m256; 4] {
+        [
+            _mm256_loadu_ps(p.add(j * c + ch)),
+            _mm256_loadu_ps(p.add((4 + j) * c + ch)),
+            _mm256_loadu_ps(p.add((8 + j) * c + ch)),
+            _mm256_loadu_ps(p.add((12 + j) * c + ch)),
+        ]
+    }
+
     /// `V = B^T d B` for 8 channels at a time; `d`, `v` as `[16][c]`.
     ///
     /// # Safety
@@ -251,10 +267,7 @@ mod avx {
         while ch < c {
             let mut t = [[_mm256_setzero_ps(); 4]; 4];
             for j in 0..4 {
-                let a = _mm256_loadu_ps(d.add(j * c + ch));
-                let b = _mm256_loadu_ps(d.add((4 + j) * c + ch));
-                let cc = _mm256_loadu_ps(d.add((8 + j) * c + ch));
-                let dd = _mm256_loadu_ps(d.add((12 + j) * c + ch));
+                let [a, b, cc, dd] = column(d, c, ch, j);
                 t[0][j] = _mm256_sub_ps(a, cc);
                 t[1][j] = _mm256_add_ps(b, cc);
                 t[2][j] = _mm256_sub_ps(cc, b);
@@ -291,10 +304,7 @@ mod avx {
             let mut s0 = [_mm256_setzero_ps(); 4];
             let mut s1 = [_mm256_setzero_ps(); 4];
             for j in 0..4 {
-                let a = _mm256_loadu_ps(m.add(j * c + ch));
-                let b = _mm256_loadu_ps(m.add((4 + j) * c + ch));
-                let cc = _mm256_loadu_ps(m.add((8 + j) * c + ch));
-                let d = _mm256_loadu_ps(m.add((12 + j) * c + ch));
+                let [a, b, cc, d] = column(m, c, ch, j);
                 s0[j] = _mm256_add_ps(_mm256_add_ps(a, b), cc);
                 s1[j] = _mm256_sub_ps(_mm256_sub_ps(b, cc), d);
             }
