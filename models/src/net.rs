@@ -692,6 +692,8 @@ pub(crate) fn sigmoid(v: f32) -> f32 {
 /// layout of [`YoloNet::forward_raw`] (all rows but the score, row 4). The anchor is the cell
 /// `(row, col)` of a level of stride `stride`; `head(c)` is its raw head output channel `c`:
 /// `c < 64` the 4 x 16 DFL bins (left, top, right, bottom), then 17 x (x, y, conf logit).
+/// (Inlined: the fast path's decode calls it per anchor.)
+#[inline]
 pub(crate) fn write_anchor(
     out: &mut [f32],
     a: usize,
