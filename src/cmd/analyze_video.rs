@@ -23,10 +23,7 @@ pub fn analyze_video(
     let (estimators, _model) = super::load_estimators(settings)?;
     let core = Core::start(referee_daemon::engine_config(settings), estimators);
     let bar = super::progress_bar(info.frame_count, "frames");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = super::runtime(0)?;
     let started = Instant::now();
     let result = rt.block_on(async {
         let stem = video

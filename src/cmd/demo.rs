@@ -150,11 +150,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         };
     let fps = source.info().fps;
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = super::runtime(2)?;
     rt.block_on(async move {
         let daemon = referee_daemon::Daemon::start(&settings, estimators, &model).await?;
         eprintln!(

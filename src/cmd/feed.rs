@@ -51,10 +51,7 @@ pub fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let addr = resolve(&args.server)?;
     let trust = args.trust.trust(addr)?;
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = super::runtime(0)?;
     rt.block_on(subscribe(args, addr, trust))
 }
 

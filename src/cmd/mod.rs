@@ -19,6 +19,22 @@ pub fn init_logging(flag: Option<&str>) {
     referee_capture::logging::init(directive.as_deref(), "info");
 }
 
+/// The async runtime of a subcommand: `workers` threads (0 = one on the calling thread only).
+pub fn runtime(workers: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    use anyhow::Context;
+    let mut builder = if workers == 0 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
+    };
+    builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
 /// Settings from `--config`, then REFEREE_* variables, then each `--set KEY=VALUE`.
 pub fn load_settings(
     file: Option<&std::path::Path>,

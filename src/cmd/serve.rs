@@ -46,11 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let settings = super::load_settings(args.config.as_deref(), &overrides)?;
     let (estimators, model) = super::load_estimators(&settings)?;
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = super::runtime(2)?;
     rt.block_on(async move {
         let daemon = referee_daemon::Daemon::start(&settings, estimators, &model).await?;
         eprintln!("referee daemon ready");

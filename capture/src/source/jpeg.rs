@@ -10,15 +10,20 @@ pub enum JpegScan {
     Invalid(&'static str),
 }
 
-/// Reads `(width, height)` from the first start-of-frame (SOFn) segment of a JPEG.
-pub fn jpeg_size(bytes: &[u8]) -> Result<(u32, u32), JpegScan> {
+/// Checks the start-of-image marker; the offset after it.
+fn after_soi(bytes: &[u8]) -> Result<usize, JpegScan> {
     if bytes.len() < 2 {
         return Err(JpegScan::Incomplete);
     }
     if bytes[0] != 0xFF || bytes[1] != 0xD8 {
         return Err(JpegScan::Invalid("missing JPEG start-of-image marker"));
     }
-    let mut i = 2;
+    Ok(2)
+}
+
+/// Reads `(width, height)` from the first start-of-frame (SOFn) segment of a JPEG.
+pub fn jpeg_size(bytes: &[u8]) -> Result<(u32, u32), JpegScan> {
+    let mut i = after_soi(bytes)?;
     loop {
         let (marker, next) = next_marker(bytes, i)?;
         i = next;
@@ -55,13 +60,7 @@ pub fn jpeg_size(bytes: &[u8]) -> Result<(u32, u32), JpegScan> {
 /// its end-of-image marker. Handles byte stuffing, restart markers and multi-scan images, so an
 /// `FF D9` pair inside a segment's payload is never mistaken for the end.
 pub fn jpeg_end(bytes: &[u8]) -> Result<usize, JpegScan> {
-    if bytes.len() < 2 {
-        return Err(JpegScan::Incomplete);
-    }
-    if bytes[0] != 0xFF || bytes[1] != 0xD8 {
-        return Err(JpegScan::Invalid("missing JPEG start-of-image marker"));
-    }
-    let mut i = 2;
+    let mut i = after_soi(bytes)?;
     loop {
         let (marker, next) = next_marker(bytes, i)?;
         i = next;

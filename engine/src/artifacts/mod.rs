@@ -625,17 +625,7 @@ mod tests {
                 .collect::<Vec<_>>()
         );
         let lx = wb.worksheet_range("left_x").expect("left_x");
-        let header: Vec<String> = lx
-            .rows()
-            .next()
-            .expect("header")
-            .iter()
-            .map(|c| c.to_string())
-            .collect();
-        assert_eq!(
-            header,
-            (0..17).map(|k| format!("kp_{k}")).collect::<Vec<_>>()
-        );
+        assert_old_header(&lx, "left_x");
         let cell = |r: &calamine::Range<Data>, row: u32, col: u32| r.get_value((row, col)).cloned();
         assert_eq!(cell(&lx, 1, 0), Some(Data::Float(0.5)));
         assert_eq!(cell(&lx, 1, 4), Some(Data::Float(104.0 / 200.0)));
@@ -653,15 +643,12 @@ mod tests {
     /// Our workbook has the sheet and header spellings of the old system's lowercase files.
     #[test]
     fn workbook_matches_old_files() {
-        let Some(data) = shared_data() else {
-            println!("skipped: ../shared/data not found (set REFEREE_SHARED_DIR)");
+        let Some(old) = referee_test_support::require_shared(
+            "data/phrases/20251020_205920_phrase01/keypoints.xlsx",
+            "comparing our workbook layout with an old system's file",
+        ) else {
             return;
         };
-        let old = data.join("phrases/20251020_205920_phrase01/keypoints.xlsx");
-        if !old.exists() {
-            println!("skipped: {} not found", old.display());
-            return;
-        }
         let mut wb: calamine::Xlsx<_> = calamine::open_workbook(&old).expect("open old workbook");
         assert_eq!(
             wb.sheet_names(),
@@ -672,35 +659,21 @@ mod tests {
         );
         for s in WORKBOOK_SHEETS {
             let r = wb.worksheet_range(s).expect("sheet");
-            let header: Vec<String> = r
-                .rows()
-                .next()
-                .expect("header")
-                .iter()
-                .map(|c| c.to_string())
-                .collect();
-            assert_eq!(
-                header,
-                (0..17).map(|k| format!("kp_{k}")).collect::<Vec<_>>(),
-                "sheet {s}"
-            );
+            assert_old_header(&r, s);
         }
     }
 
-    fn shared_data() -> Option<PathBuf> {
-        if let Ok(d) = std::env::var("REFEREE_SHARED_DIR") {
-            return Some(PathBuf::from(d).join("data")).filter(|p| p.exists());
-        }
-        let mut dir = Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf();
-        loop {
-            if dir.join("Cargo.lock").exists() {
-                let d = dir.join("../shared/data");
-                return d.exists().then_some(d);
-            }
-            if !dir.pop() {
-                return None;
-            }
-        }
+    /// The header row is `kp_0` .. `kp_16`, as in the old system's lowercase files.
+    fn assert_old_header(r: &calamine::Range<Data>, sheet: &str) {
+        let header: Vec<String> = r
+            .rows()
+            .next()
+            .expect("header")
+            .iter()
+            .map(|c| c.to_string())
+            .collect();
+        let want: Vec<String> = (0..17).map(|k| format!("kp_{k}")).collect();
+        assert_eq!(header, want, "sheet {sheet}");
     }
 
     /// Loose XML check: every opening tag is closed in order.

@@ -108,10 +108,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     let (estimators, model) = crate::cmd::load_estimators(&settings)?;
     let (workers, threads) = crate::cmd::pose_parallelism(&settings);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?;
+    let rt = crate::cmd::runtime(2)?;
     let model_name = model.clone();
     let rows = rt.block_on(async {
         let daemon =

@@ -52,10 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "--size must be 1..=8388608 bytes (the default frame limit)"
     );
     anyhow::ensure!(args.inflight > 0, "--inflight must be at least 1");
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let rt = crate::cmd::runtime(cores)?;
     let report = rt.block_on(bench(&args))?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
