@@ -123,59 +123,78 @@ impl PackedB {
     }
 }
 
-/// First-layer convolution straight from planar (CHW) input: k x k, any stride, pad k/2,
-/// at most [`NR`] output channels, 6 output pixels at a time (12 accumulators), fused bias and
-/// SiLU. Avoids materialising an im2col with 3-float runs.
+/// Operands of [`conv_planar_direct`]: a k x k convolution (any stride, pad k/2) from planar
+/// (CHW) input into NHWC output with at most [`NR`] channels.
+#[derive(Debug, Clone, Copy)]
+pub struct PlanarConv {
+    /// `ci` planes of `ih*iw` floats.
+    pub src: *const f32,
+    /// Input height.
+    pub ih: usize,
+    /// Input width.
+    pub iw: usize,
+    /// Input channels (planes).
+    pub ci: usize,
+    /// Kernel size.
+    pub k: usize,
+    /// Stride.
+    pub stride: usize,
+    /// A packed panel of `k*k*ci` rows x [`NR`] (row = (ky*k + kx)*ci + c).
+    pub w: *const f32,
+    /// [`NR`] biases.
+    pub bias: *const f32,
+    /// SiLU after the bias.
+    pub silu: bool,
+    /// `oh*ow` output pixels at stride `ldd`.
+    pub dst: *mut f32,
+    /// Output pixel stride.
+    pub ldd: usize,
+    /// Output channels (`<= NR`).
+    pub co: usize,
+    /// Output height.
+    pub oh: usize,
+    /// Output width.
+    pub ow: usize,
+}
+
+/// First-layer convolution straight from planar (CHW) input: 6 output pixels at a time
+/// (12 accumulators), fused bias and SiLU, output rows split over the team. Avoids
+/// materialising an im2col with 3-float runs.
 ///
 /// # Safety
-/// AVX2/FMA present; `src` holds `ci` planes of `ih*iw` floats; `dst` (stride `ldd`) holds
-/// `oh*ow` pixels of `co <= NR` channels; `w` is a packed panel of `k*k*ci` rows x [`NR`]
-/// (row = (ky*k + kx)*ci + c) and `bias` [`NR`] floats.
-#[allow(clippy::too_many_arguments)]
-pub unsafe fn conv_planar_direct(
-    src: *const f32,
-    ih: usize,
-    iw: usize,
-    ci: usize,
-    k: usize,
-    stride: usize,
-    w: *const f32,
-    bias: *const f32,
-    silu: bool,
-    dst: *mut f32,
-    ldd: usize,
-    co: usize,
-    oh: usize,
-    ow: usize,
-) {
-    let flops = 2.0 * (oh * ow * k * k * ci * NR) as f64;
-    let (s, wp, b, d) = (SendPtr(src), SendPtr(w), SendPtr(bias), SendPtr(dst));
-    par_rows(oh, 1, flops, |lo, hi| {
-        let (s, wp, b, d) = (s, wp, b, d);
+/// AVX2/FMA present; every pointer of `g` valid for what its field says; `dst` overlaps none
+/// of the others.
+pub unsafe fn conv_planar_direct(g: &PlanarConv) {
+    let flops = 2.0 * (g.oh * g.ow * g.k * g.k * g.ci * NR) as f64;
+    let g = SendPtr(*g);
+    par_rows(g.0.oh, 1, flops, |lo, hi| {
+        let g = &g.get();
+        // The kernel keeps its own argument list: passed the struct, it compiled to slower
+        // inner loops (more stack reloads).
         #[cfg(target_arch = "x86_64")]
         {
             // SAFETY: rows lo..hi of dst belong to this chunk; the caller vouches for the rest.
             unsafe {
                 avx::conv_planar_rows(
-                    s.0,
-                    ih,
-                    iw,
-                    ci,
-                    k,
-                    stride,
-                    wp.0,
-                    b.0,
-                    silu,
-                    d.0,
-                    ldd,
-                    co,
-                    ow,
+                    g.src,
+                    g.ih,
+                    g.iw,
+                    g.ci,
+                    g.k,
+                    g.stride,
+                    g.w,
+                    g.bias,
+                    g.silu,
+                    g.dst,
+                    g.ldd,
+                    g.co,
+                    g.ow,
                     (lo, hi),
                 )
             };
         }
         #[cfg(not(target_arch = "x86_64"))]
-        let _ = (s, wp, b, d, lo, hi);
+        let _ = (g, lo, hi);
     });
 }
 
@@ -624,6 +643,7 @@ pub unsafe fn dw3x3(g: &Depthwise) {
     let g = SendPtr(*g);
     par_rows(g.0.h, 1, flops, |lo, hi| {
         let g = &g.get();
+        // The AVX kernel keeps its own argument list (see conv_planar_direct).
         #[cfg(target_arch = "x86_64")]
         if avx {
             // SAFETY: rows lo..hi of dst belong to this chunk; c is a multiple of 8.
@@ -1273,25 +1293,24 @@ mod tests {
             let (panel, pb) = b.panel(0).expect("one panel");
             let ldd = co + 1;
             let mut out = vec![f32::NAN; oh * ow * ldd];
-            // SAFETY: buffers sized for the geometry; co <= NR.
-            unsafe {
-                conv_planar_direct(
-                    planar.as_ptr(),
-                    ih,
-                    iw,
-                    ci,
-                    k,
-                    st,
-                    panel.as_ptr(),
-                    pb.as_ptr(),
-                    true,
-                    out.as_mut_ptr(),
-                    ldd,
-                    co,
-                    oh,
-                    ow,
-                )
+            let g = PlanarConv {
+                src: planar.as_ptr(),
+                ih,
+                iw,
+                ci,
+                k,
+                stride: st,
+                w: panel.as_ptr(),
+                bias: pb.as_ptr(),
+                silu: true,
+                dst: out.as_mut_ptr(),
+                ldd,
+                co,
+                oh,
+                ow,
             };
+            // SAFETY: buffers sized for the geometry; co <= NR.
+            unsafe { conv_planar_direct(&g) };
             for p in 0..oh * ow {
                 for o in 0..co {
                     let (g, e) = (out[p * ldd + o], want[p * co + o]);

@@ -379,22 +379,22 @@ impl Arena {
                     // are disjoint; the panel has k*k*ci rows of NR and the bias NR floats;
                     // co <= NR; AVX2 checked.
                     unsafe {
-                        kernels::conv_planar_direct(
-                            sp,
-                            src.h,
-                            src.w,
-                            src.c,
-                            cw.k,
-                            cw.stride,
-                            panel.as_ptr(),
-                            pb.as_ptr(),
-                            cw.act,
-                            base.add(dst.off),
-                            dst.ld,
-                            cw.co,
+                        kernels::conv_planar_direct(&kernels::PlanarConv {
+                            src: sp,
+                            ih: src.h,
+                            iw: src.w,
+                            ci: src.c,
+                            k: cw.k,
+                            stride: cw.stride,
+                            w: panel.as_ptr(),
+                            bias: pb.as_ptr(),
+                            silu: cw.act,
+                            dst: base.add(dst.off),
+                            ldd: dst.ld,
+                            co: cw.co,
                             oh,
                             ow,
-                        )
+                        })
                     };
                     break 'run cw.k * 10 + cw.stride;
                 }
