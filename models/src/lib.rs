@@ -1,5 +1,6 @@
-//! Pose networks (YOLO11-pose, YOLOv8-pose) on Candle: weights fetch/convert/load, letterbox,
-//! decode, NMS.
+//! Pose networks (YOLO11-pose, YOLOv8-pose) on Candle: weights fetch/convert/load, the
+//! reference network, the fast CPU path, decode, NMS. They implement the Candle-free
+//! `referee_pose_api::PoseEstimator` that the engine is given.
 //!
 //! Typical use:
 //! ```no_run
@@ -9,7 +10,7 @@
 //! let rgb = vec![0u8; 1920 * 1080 * 3];
 //! let frame = letterbox_rgb(&rgb, 1920, 1080, w, h);
 //! let persons = model.estimate(&[frame])?;
-//! # Ok::<(), referee_models::ModelError>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod convert;
