@@ -5,74 +5,14 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use referee_models::{Arch, YoloNet};
 
-struct Gen {
-    map: HashMap<String, Tensor>,
-    state: u64,
-}
-
-impl Gen {
-    fn rand(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                self.state = self
-                    .state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                lo + (hi - lo) * ((self.state >> 40) as f32 / (1u64 << 24) as f32)
-            })
-            .collect()
-    }
-    fn put(&mut self, name: String, shape: &[usize], data: Vec<f32>) {
-        self.map
-            .insert(name, Tensor::from_vec(data, shape, &Device::Cpu).unwrap());
-    }
-    fn conv_g(&mut self, p: &str, ci: usize, co: usize, k: usize, depthwise: bool) {
-        let cig = if depthwise { 1 } else { ci };
-        let fan = (cig * k * k) as f32;
-        let w = self
-            .rand(co * cig * k * k, -1.0, 1.0)
-            .iter()
-            .map(|v| v * 1.5 / fan.sqrt())
-            .collect();
-        self.put(format!("{p}.conv.weight"), &[co, cig, k, k], w);
-        let g = self.rand(co, 0.5, 1.5);
-        self.put(format!("{p}.bn.weight"), &[co], g);
-        let b = self.rand(co, -0.2, 0.2);
-        self.put(format!("{p}.bn.bias"), &[co], b);
-        let m = self.rand(co, -0.1, 0.1);
-        self.put(format!("{p}.bn.running_mean"), &[co], m);
-        let v = self.rand(co, 0.5, 2.0);
-        self.put(format!("{p}.bn.running_var"), &[co], v);
-    }
-    fn conv(&mut self, p: &str, ci: usize, co: usize, k: usize) {
-        self.conv_g(p, ci, co, k, false)
-    }
-    /// C3k2 with C3k inner blocks (c3k=True), `n` of them, hidden width `c`.
-    fn c3k2(&mut self, p: &str, c1: usize, c2: usize, c: usize, n: usize) {
-        self.conv(&format!("{p}.cv1"), c1, 2 * c, 1);
-        for j in 0..n {
-            let q = format!("{p}.m.{j}");
-            let h = c / 2;
-            self.conv(&format!("{q}.cv1"), c, h, 1);
-            self.conv(&format!("{q}.cv2"), c, h, 1);
-            self.conv(&format!("{q}.cv3"), 2 * h, c, 1);
-            for b in 0..2 {
-                self.conv(&format!("{q}.m.{b}.cv1"), h, h, 3);
-                self.conv(&format!("{q}.m.{b}.cv2"), h, h, 3);
-            }
-        }
-        self.conv(&format!("{p}.cv2"), (2 + n) * c, c2, 1);
-    }
-}
+mod synthetic;
+use synthetic::Gen;
 
 fn tensors() -> HashMap<String, Tensor> {
-    let mut g = Gen {
-        map: HashMap::new(),
-        state: 1234,
-    };
+    let mut g = Gen::new(1234);
     g.conv("model.0", 3, 16, 3);
     g.conv("model.1", 16, 32, 3);
     g.c3k2("model.2", 32, 64, 16, 2);

@@ -8,63 +8,13 @@ use std::path::Path;
 use candle_core::{Device, Tensor};
 use referee_models::{Arch, YoloNet};
 
-struct Gen {
-    map: HashMap<String, Tensor>,
-    state: u64,
-}
-
-impl Gen {
-    fn rand(&mut self, n: usize, lo: f32, hi: f32) -> Vec<f32> {
-        (0..n)
-            .map(|_| {
-                self.state = self
-                    .state
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                let u = (self.state >> 40) as f32 / (1u64 << 24) as f32;
-                lo + (hi - lo) * u
-            })
-            .collect()
-    }
-    fn put(&mut self, name: String, shape: &[usize], data: Vec<f32>) {
-        let t = Tensor::from_vec(data, shape, &Device::Cpu).unwrap();
-        self.map.insert(name, t);
-    }
-    fn conv(&mut self, p: &str, ci: usize, co: usize, k: usize) {
-        let fan = (ci * k * k) as f32;
-        let w = self
-            .rand(co * ci * k * k, -1.0, 1.0)
-            .iter()
-            .map(|v| v * 1.5 / fan.sqrt())
-            .collect();
-        self.put(format!("{p}.conv.weight"), &[co, ci, k, k], w);
-        let g = self.rand(co, 0.5, 1.5);
-        self.put(format!("{p}.bn.weight"), &[co], g);
-        let b = self.rand(co, -0.2, 0.2);
-        self.put(format!("{p}.bn.bias"), &[co], b);
-        let m = self.rand(co, -0.1, 0.1);
-        self.put(format!("{p}.bn.running_mean"), &[co], m);
-        let v = self.rand(co, 0.5, 2.0);
-        self.put(format!("{p}.bn.running_var"), &[co], v);
-    }
-    fn c2f(&mut self, p: &str, c1: usize, c2: usize, n: usize) {
-        let c = c2 / 2;
-        self.conv(&format!("{p}.cv1"), c1, 2 * c, 1);
-        for j in 0..n {
-            self.conv(&format!("{p}.m.{j}.cv1"), c, c, 3);
-            self.conv(&format!("{p}.m.{j}.cv2"), c, c, 3);
-        }
-        self.conv(&format!("{p}.cv2"), (2 + n) * c, c2, 1);
-    }
-}
+mod synthetic;
+use synthetic::Gen;
 
 const CLS_BIAS: f32 = 0.4;
 
 fn yolov8_tensors() -> HashMap<String, Tensor> {
-    let mut g = Gen {
-        map: HashMap::new(),
-        state: 42,
-    };
+    let mut g = Gen::new(42);
     let (c0, c1, c2, c3, c4) = (8, 16, 16, 32, 32);
     g.conv("model.0", 3, c0, 3);
     g.conv("model.1", c0, c1, 3);
@@ -162,10 +112,7 @@ fn yolov8_architecture_is_inferred_and_decodes_known_values() {
 #[test]
 fn yolov8_random_head_gives_finite_varied_output() {
     let mut map = yolov8_tensors();
-    let mut g = Gen {
-        map: HashMap::new(),
-        state: 7,
-    };
+    let mut g = Gen::new(7);
     for i in 0..3 {
         let w = g.rand(51 * 51, -0.2, 0.2);
         map.insert(
