@@ -617,13 +617,7 @@ mod tests {
         write_keypoints_workbook(&p, &frames, 200.0).expect("write");
         assert!(no_temp_files(dir.path()));
         let mut wb: calamine::Xlsx<_> = calamine::open_workbook(&p).expect("open");
-        assert_eq!(
-            wb.sheet_names(),
-            WORKBOOK_SHEETS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(wb.sheet_names(), WORKBOOK_SHEETS.map(String::from));
         let lx = wb.worksheet_range("left_x").expect("left_x");
         assert_old_header(&lx, "left_x");
         let cell = |r: &calamine::Range<Data>, row: u32, col: u32| r.get_value((row, col)).cloned();
@@ -650,13 +644,7 @@ mod tests {
             return;
         };
         let mut wb: calamine::Xlsx<_> = calamine::open_workbook(&old).expect("open old workbook");
-        assert_eq!(
-            wb.sheet_names(),
-            WORKBOOK_SHEETS
-                .iter()
-                .map(|s| s.to_string())
-                .collect::<Vec<_>>()
-        );
+        assert_eq!(wb.sheet_names(), WORKBOOK_SHEETS.map(String::from));
         for s in WORKBOOK_SHEETS {
             let r = wb.worksheet_range(s).expect("sheet");
             assert_old_header(&r, s);
