@@ -240,7 +240,7 @@ fn image_folder_errors_are_clear() {
 #[test]
 fn ffmpeg_source_reads_the_sample_and_an_avi() {
     if !ffmpeg_available() {
-        eprintln!("skipped: ffmpeg not installed (apt-get install ffmpeg)");
+        referee_test_support::skip("ffmpeg is not installed (apt-get install ffmpeg)");
         return;
     }
     let Some(clip) = sample_clip() else { return };

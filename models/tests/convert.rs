@@ -217,7 +217,7 @@ fn url_source_downloads_with_curl() {
         .output()
         .is_err()
     {
-        println!("skipped: curl not installed");
+        referee_test_support::skip("curl is not installed (apt-get install curl)");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
