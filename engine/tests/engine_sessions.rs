@@ -408,3 +408,89 @@ fn a_repeated_signal_gets_the_same_verdict_once_decided() {
     assert_eq!(engine.stats().verdict_latencies_ms().len(), 1);
     engine.shutdown();
 }
+
+/// A left fencer whose place is written into the frame itself (the blue level of a uniform
+/// image), so a clip's motion travels with its frames whatever their pacing or declared rate.
+struct MovingPose;
+
+impl PoseEstimator for MovingPose {
+    fn input_size(&self) -> (usize, usize) {
+        (320, 192)
+    }
+    fn estimate(&mut self, batch: &[PreparedFrame]) -> Result<Vec<Vec<Person>>, PoseError> {
+        Ok(batch
+            .iter()
+            .map(|f| {
+                let (w, h) = (f.width as f32, f.height as f32);
+                let plane = f.width * f.height;
+                let centre = f.height / 2 * f.width + f.width / 2;
+                let blue = f.chw[2 * plane + centre];
+                vec![
+                    person(w * (0.2 + 0.3 * blue), h * 0.5, h * 0.6),
+                    person(w * 0.75, h * 0.5, h * 0.6),
+                ]
+            })
+            .collect())
+    }
+}
+
+fn uniform_jpeg(blue: u8) -> Vec<u8> {
+    let (w, h) = (320u16, 180u16);
+    let rgb: Vec<u8> = (0..w as usize * h as usize)
+        .flat_map(|_| [90, 90, blue])
+        .collect();
+    let mut out = Vec::new();
+    jpeg_encoder::Encoder::new(&mut out, 90)
+        .encode(&rgb, w, h, jpeg_encoder::ColorType::Rgb)
+        .expect("encode test jpeg");
+    out
+}
+
+/// Streams the same clip (a left attack captured at 15 fps: frame k stamped k/15 s after the
+/// first) to a session that declares `declared_fps`, and returns the verdict.
+fn verdict_for_clip(declared_fps: f32, frames: &[u64]) -> referee_rules::Decision {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let engine = Engine::start(config(), vec![Box::new(MovingPose)], Arc::new(tx));
+    let mut spec = start("clip");
+    spec.fps = declared_fps;
+    let session = engine.open_session(spec).expect("open");
+    for &k in frames {
+        let bytes = uniform_jpeg((k * 20).min(255) as u8);
+        let meta = FrameMeta {
+            session_id: "clip".into(),
+            frame: k,
+            capture_ts_us: 5_000_000 + k * 1_000_000 / 15,
+            encoding: FrameEncoding::Jpeg,
+            len: bytes.len() as u32,
+        };
+        let permit = engine.reserve().expect("permit");
+        engine.submit(permit, meta, bytes).expect("submit");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while session
+        .counters
+        .processed
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < frames.len() as u64
+    {
+        assert!(Instant::now() < deadline, "frames not processed");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    engine.signal(signal("clip"), engine.now()).expect("signal");
+    let v = wait_verdict(&rx, "clip");
+    engine.shutdown();
+    v.decision
+}
+
+/// Issue #16 item 5: phrase time was frame_number / declared fps, so the same clip gave other
+/// verdicts when the agent declared another rate (or paced differently). Time now comes from
+/// the frames' capture stamps, the phrase's first frame at t = 0.
+#[test]
+fn time_from_the_wrong_clock_same_clip_same_verdict_at_any_declared_fps() {
+    let clip: Vec<u64> = (0..12).collect();
+    let at_15 = verdict_for_clip(15.0, &clip);
+    for declared in [10.0, 60.0] {
+        let other = verdict_for_clip(declared, &clip);
+        assert_eq!(other, at_15, "declared {declared} fps vs 15 fps");
+    }
+}

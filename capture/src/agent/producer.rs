@@ -21,6 +21,7 @@ pub(super) fn spawn_producer(
     tokio::task::spawn_blocking(move || {
         let mut n = 0u64;
         let mut error = None;
+        let mut stamps = CaptureStamps::default();
         while !stop.load(Ordering::Relaxed) {
             pacer.wait_blocking();
             let frame = match source.next_frame() {
@@ -40,7 +41,7 @@ pub(super) fn spawn_producer(
             };
             let out = OutFrame {
                 frame: n,
-                capture_ts_us: frame.capture_ts_us,
+                capture_ts_us: stamps.stamp(frame.capture_ts_us, frame.pts_us),
                 encoding: enc,
                 bytes: Arc::new(bytes),
             };
@@ -53,6 +54,24 @@ pub(super) fn spawn_producer(
     })
 }
 
+/// The capture time sent with each frame. A camera's frame is stamped when it was taken. A
+/// file's frames are stamped with their media time, anchored at the wall-clock time the first
+/// one was read: read as fast as possible, a file must still say when its frames were filmed,
+/// or the daemon would see the phrase compressed into the time it took to read it.
+#[derive(Default)]
+struct CaptureStamps {
+    /// (wall-clock µs, media µs) of the first frame with a media time.
+    anchor: Option<(u64, u64)>,
+}
+
+impl CaptureStamps {
+    fn stamp(&mut self, wall_us: u64, pts_us: Option<u64>) -> u64 {
+        let Some(pts) = pts_us else { return wall_us };
+        let (wall0, pts0) = *self.anchor.get_or_insert((wall_us, pts));
+        wall0.saturating_add(pts.saturating_sub(pts0))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -60,6 +79,29 @@ mod tests {
     use crate::source::Synthetic;
     use referee_transport::messages::{Ack, FrameEncoding};
     use std::time::Duration;
+
+    /// Issue #16 item 5: a file streamed as fast as possible was stamped with the time each
+    /// frame was read, so its phrase looked a few milliseconds long. Stamps follow the media.
+    #[tokio::test]
+    async fn time_from_the_wrong_clock_file_frames_carry_media_time() {
+        let source = Synthetic::new(16, 16, 10.0, Some(4)).unwrap();
+        let ring = Arc::new(Ring::new(8, false));
+        let pacer = Pacer::new(Pacing::AsFastAsPossible).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        spawn_producer(Box::new(source), Encoding::Raw, pacer, stop, ring.clone())
+            .await
+            .unwrap();
+        let ts: Vec<u64> = ring
+            .unsent_before(u64::MAX)
+            .iter()
+            .map(|f| f.capture_ts_us)
+            .collect();
+        assert!(ts[0] > 0);
+        let gaps: Vec<u64> = ts.windows(2).map(|w| w[1] - w[0]).collect();
+        assert_eq!(gaps, [100_000; 3], "10 fps media time, whatever the pacing");
+        let mut camera = CaptureStamps::default();
+        assert_eq!(camera.stamp(7, None), 7, "a camera's own stamp is kept");
+    }
 
     #[tokio::test]
     async fn encodes_every_frame_into_the_ring_in_order() {

@@ -29,8 +29,117 @@ struct Pending {
     received_at: Instant,
     /// The frame at the phrase's start (signal times are seconds from this frame).
     origin_frame: u64,
-    /// The frame at the phrase's end: frames up to it are waited for before deciding.
+    /// Session time (seconds, see [`Timebase`]) of `origin_frame`: the signal log's 0.
+    origin_t: f64,
+    /// Session time at which the phrase ends (`origin_t` + the log's end).
+    end_t: f64,
+    /// The frame at the phrase's end: frames up to it are waited for before deciding. Estimated
+    /// from the capture rate when the signal lands, then narrowed by every frame whose stamp is
+    /// known ([`Pending::narrow`]).
     end_frame: u64,
+    /// True once a frame at or after `end_t` is known, so `end_frame` is exact.
+    end_known: bool,
+}
+
+impl Pending {
+    /// A frame at session time `t` bounds the phrase's last frame: before the end it is in the
+    /// phrase (so the end is at least this frame), at or after it the end is before it.
+    fn narrow(&mut self, frame: u64, t: Option<f64>, max_frame: u64) {
+        let Some(t) = t else { return };
+        if frame < self.origin_frame {
+            return;
+        }
+        if t < self.end_t - 1e-6 {
+            if frame > self.end_frame && !self.end_known {
+                self.end_frame = frame.min(max_frame);
+            }
+        } else if frame > 0 && (frame - 1 < self.end_frame || !self.end_known) {
+            self.end_frame = (frame - 1).max(self.origin_frame).min(max_frame);
+            self.end_known = true;
+        }
+    }
+}
+
+/// Session time from the frames' capture stamps (`capture_ts_us`), so a phrase's times do not
+/// depend on the rate the agent declared, its pacing, dropped frames or a camera's real rate.
+/// Time 0 is frame 0: the first stamped frame `f` anchors the clock at `f / declared fps`
+/// (frames before it never arrived, so the declared rate is the only guess for them).
+///
+/// Fallback: a frame whose stamp is missing (0), not later than the previous frame's, or that
+/// would not move time forward, is placed `frames / declared fps` after the previous frame; a
+/// session without any stamp is timed by frame number / declared fps, as before.
+struct Timebase {
+    fps: f64,
+    /// (frame, stamp µs, session time) of the first stamped frame.
+    anchor: Option<(u64, u64, f64)>,
+    /// (frame, stamp µs or 0, session time) of the last frame timed.
+    last: Option<(u64, u64, f64)>,
+    /// Frames timed by their own stamp.
+    stamped: u64,
+}
+
+impl Timebase {
+    fn new(fps: f64) -> Self {
+        Self {
+            fps,
+            anchor: None,
+            last: None,
+            stamped: 0,
+        }
+    }
+
+    /// The session time of a stamp, without timing a frame (None before the first stamp).
+    fn time_of_stamp(&self, ts_us: u64) -> Option<f64> {
+        let (_, a_ts, a_t) = self.anchor?;
+        (ts_us > 0).then(|| a_t + (ts_us as f64 - a_ts as f64) / 1e6)
+    }
+
+    /// Times the next frame (frames come in increasing order).
+    fn time(&mut self, frame: u64, ts_us: u64) -> f64 {
+        let t = match (self.anchor, self.last) {
+            (None, last) => {
+                let t = match last {
+                    Some((lf, _, lt)) => lt + frame.saturating_sub(lf) as f64 / self.fps,
+                    None => frame as f64 / self.fps,
+                };
+                if ts_us > 0 {
+                    self.anchor = Some((frame, ts_us, t));
+                    self.stamped += 1;
+                }
+                t
+            }
+            (Some(_), Some((lf, lts, lt))) => {
+                let by_rate = lt + frame.saturating_sub(lf) as f64 / self.fps;
+                match self.time_of_stamp(ts_us) {
+                    Some(t) if ts_us > lts && t > lt => {
+                        self.stamped += 1;
+                        t
+                    }
+                    _ => by_rate,
+                }
+            }
+            (Some(_), None) => unreachable!("an anchor is set with the first frame"),
+        };
+        self.last = Some((frame, ts_us, t));
+        t
+    }
+
+    /// Frames per second of capture time over the poses given (frame numbers count captures, so
+    /// dropped frames do not lower it); the declared rate while fewer than two are stamped.
+    fn rate(&self, poses: &[TrackedPose]) -> f64 {
+        let stamped = || poses.iter().filter(|p| p.capture_ts_us > 0);
+        match (stamped().next(), stamped().next_back()) {
+            (Some(a), Some(b)) if self.stamped >= 2 && b.t > a.t => {
+                let r = (b.tracked.frame - a.tracked.frame) as f64 / (b.t - a.t);
+                if r.is_finite() && r > 0.0 {
+                    r
+                } else {
+                    self.fps
+                }
+            }
+            _ => self.fps,
+        }
+    }
 }
 
 /// The per-session referee of the track stage: puts frames back in order, tracks both fencers,
@@ -38,6 +147,9 @@ struct Pending {
 pub(crate) struct SessionReferee {
     session: Arc<Session>,
     fps: f64,
+    timebase: Timebase,
+    /// The largest frame pushed into the incremental analyzer.
+    analyzed_upto: Option<u64>,
     reorder: BTreeMap<u64, PosedFrame>,
     next_frame: u64,
     arrived: ReceivedFrames,
@@ -60,6 +172,8 @@ impl SessionReferee {
         Self {
             session,
             fps,
+            timebase: Timebase::new(fps),
+            analyzed_upto: None,
             reorder: BTreeMap::new(),
             next_frame: 0,
             arrived: ReceivedFrames::default(),
@@ -89,6 +203,11 @@ impl SessionReferee {
                 .fetch_add(1, Ordering::Relaxed);
             ctx.stats.count_drop(DropReason::Late);
             return;
+        }
+        let t = self.timebase.time_of_stamp(posed.capture_ts_us);
+        let max_frame = ctx.cfg.max_frames_per_session.saturating_sub(1);
+        if let Some(p) = &mut self.pending {
+            p.narrow(posed.frame, t, max_frame);
         }
         self.reorder.insert(posed.frame, posed);
         self.drain(ctx, None);
@@ -130,7 +249,8 @@ impl SessionReferee {
         }
         let (w, h) = (self.rectified.0 as f32, self.rectified.1 as f32);
         let tracked = self.tracker.update(posed.frame, &persons, w, h);
-        let t = posed.frame as f64 / self.fps;
+        let t = self.timebase.time(posed.frame, posed.capture_ts_us);
+        self.analyzed_upto = Some(posed.frame);
         let frame = PoseFrame {
             frame: posed.frame,
             t,
@@ -230,22 +350,55 @@ impl SessionReferee {
             Some(us) => self.frame_at_capture_time(us),
             None => 0,
         };
-        // Frame k shows [k/fps, (k+1)/fps): the last frame of the phrase is the one that
-        // starts strictly before its end.
-        let phrase_frames = timeline.phrase_end().map_or(0, |end| {
-            (end.max(0.0) * self.fps - 1e-6).floor().max(0.0) as u64
-        });
-        let end_frame = origin_frame
-            .saturating_add(phrase_frames)
-            .min(ctx.cfg.max_frames_per_session.saturating_sub(1));
-        self.pending = Some(Pending {
+        let origin_t = self.time_of_frame(origin_frame);
+        let end = timeline.phrase_end().unwrap_or(0.0).max(0.0);
+        // Frame k shows [t_k, t_k+1): the last frame of the phrase is the one that starts
+        // strictly before its end. First guess from the capture rate measured on the stamps
+        // (the declared rate without them); the frames whose stamps are known then narrow it.
+        let rate = self.timebase.rate(&self.poses);
+        let phrase_frames = (end * rate - 1e-6).floor().max(0.0) as u64;
+        let max_frame = ctx.cfg.max_frames_per_session.saturating_sub(1);
+        let mut pending = Pending {
             signal,
             timeline,
             received_at,
             origin_frame,
-            end_frame,
-        });
+            origin_t,
+            end_t: origin_t + end,
+            end_frame: origin_frame.saturating_add(phrase_frames).min(max_frame),
+            end_known: false,
+        };
+        let tracked = self.poses.iter().map(|p| (p.tracked.frame, Some(p.t)));
+        let buffered = self
+            .reorder
+            .values()
+            .map(|p| (p.frame, self.timebase.time_of_stamp(p.capture_ts_us)));
+        let mut known: Vec<(u64, Option<f64>)> = tracked.chain(buffered).collect();
+        known.sort_by_key(|(f, _)| *f);
+        for (frame, t) in known {
+            pending.narrow(frame, t, max_frame);
+        }
+        self.pending = Some(pending);
         self.try_decide(ctx, now);
+    }
+
+    /// The session time of a frame already tracked (or still buffered), else its place at the
+    /// declared rate after the last frame timed.
+    fn time_of_frame(&self, frame: u64) -> f64 {
+        if let Some(p) = self.poses.iter().find(|p| p.tracked.frame == frame) {
+            return p.t;
+        }
+        if let Some(t) = self
+            .reorder
+            .get(&frame)
+            .and_then(|p| self.timebase.time_of_stamp(p.capture_ts_us))
+        {
+            return t;
+        }
+        match self.timebase.last {
+            Some((lf, _, lt)) => lt + (frame as f64 - lf as f64) / self.fps,
+            None => frame as f64 / self.fps,
+        }
     }
 
     /// The frame whose capture time is nearest `us` (the phrase's first frame in watch mode).
@@ -312,12 +465,20 @@ impl SessionReferee {
         )
         .entered();
         self.drain(ctx, Some(p.end_frame));
-        let decision = if p.origin_frame == 0 && self.phrases_decided == 0 {
-            // The phrase started with the session: the incremental features are up to date.
-            self.analyzer.decide(&p.timeline)
+        let rate = self.phrase_rate(&p);
+        let incremental_fits = p.origin_frame == 0
+            && self.phrases_decided == 0
+            && self.analyzed_upto.is_none_or(|f| f <= p.end_frame)
+            && (rate - self.fps).abs() <= 0.05 * self.fps;
+        let decision = if incremental_fits {
+            // The phrase started with the session and nothing past its end was pushed: the
+            // incremental features are up to date.
+            self.analyzer
+                .decide_model(&p.timeline, &ctx.cfg.referee_model)
         } else {
-            // Continuous bout: the phrase is the window the log describes.
-            self.reanalyze(&p)
+            // Continuous bout, frames past the end, or a capture rate other than the declared
+            // one: the phrase is the window the log describes, at the measured rate.
+            self.reanalyze(&p, rate, &ctx.cfg.referee_model)
         };
         let latency = now.saturating_duration_since(p.received_at);
         let verdict = self.verdict(&p, decision, latency);
@@ -357,7 +518,7 @@ impl SessionReferee {
                 poses: self.poses.clone(),
                 timeline: p.timeline.clone(),
                 rectified: self.rectified,
-                overlay: self.overlay_frame(&p.timeline, p.origin_frame),
+                overlay: self.overlay_frame(&p),
                 rectify: self.session.rectify,
             };
             if let Some(handle) = crate::artifacts::job::spawn(job) {
@@ -374,32 +535,50 @@ impl SessionReferee {
             self.analyzer = PhraseAnalyzer::new(self.fps);
             self.analyzer
                 .set_frame_width(self.rectified.0.max(1) as f32);
+            self.analyzed_upto = None;
             let keep_from = p.end_frame + 1;
             self.poses.retain(|tp| tp.tracked.frame >= keep_from);
         }
     }
 
-    fn reanalyze(&self, p: &Pending) -> Decision {
-        let mut analyzer = PhraseAnalyzer::new(self.fps);
+    /// The phrase's poses: frames from its origin to its end (poses are in frame order).
+    fn phrase_poses(&self, p: &Pending) -> &[TrackedPose] {
+        let from = self
+            .poses
+            .partition_point(|tp| tp.tracked.frame < p.origin_frame);
+        let to = self
+            .poses
+            .partition_point(|tp| tp.tracked.frame <= p.end_frame);
+        &self.poses[from..to.max(from)]
+    }
+
+    /// The capture rate over the phrase (the declared rate without stamps).
+    fn phrase_rate(&self, p: &Pending) -> f64 {
+        self.timebase.rate(self.phrase_poses(p))
+    }
+
+    fn reanalyze(&self, p: &Pending, rate: f64, model: &referee_rules::Model) -> Decision {
+        let mut analyzer = PhraseAnalyzer::new(rate);
         analyzer.set_frame_width(self.rectified.0.max(1) as f32);
-        for tp in &self.poses {
-            let f = tp.tracked.frame;
-            if f < p.origin_frame || f > p.end_frame {
-                continue;
-            }
+        for tp in self.phrase_poses(p) {
             analyzer.push(&PoseFrame {
-                frame: f,
-                t: (f - p.origin_frame) as f64 / self.fps,
+                frame: tp.tracked.frame,
+                t: tp.t - p.origin_t,
                 left: tp.tracked.left,
                 right: tp.tracked.right,
             });
         }
-        analyzer.decide(&p.timeline)
+        analyzer.decide_model(&p.timeline, model)
     }
 
-    fn overlay_frame(&self, timeline: &Timeline, origin_frame: u64) -> Option<OverlayFrame> {
-        let hit_t = timeline.first_hit().map_or(0.0, |(t, _)| t);
-        let target = origin_frame + (hit_t * self.fps).round().max(0.0) as u64;
+    fn overlay_frame(&self, p: &Pending) -> Option<OverlayFrame> {
+        let hit_t = p.timeline.first_hit().map_or(0.0, |(t, _)| t);
+        let at = p.origin_t + hit_t;
+        let target = self
+            .poses
+            .iter()
+            .min_by(|a, b| (a.t - at).abs().total_cmp(&(b.t - at).abs()))
+            .map_or(p.origin_frame, |tp| tp.tracked.frame);
         let (frame, encoding, bytes) = self
             .ring
             .iter()
@@ -538,6 +717,10 @@ mod tests {
     }
 
     fn rig() -> Rig {
+        rig_with(15.0)
+    }
+
+    fn rig_with(fps: f32) -> Rig {
         let clock = Arc::new(ManualClock::new());
         let (tx, events) = crossbeam_channel::unbounded();
         let ctx = StageContext {
@@ -555,7 +738,7 @@ mod tests {
             id: "s".into(),
             piste: "1".into(),
             camera: "test".into(),
-            fps: 15.0,
+            fps,
             width: 320,
             height: 192,
             undistort: None,
@@ -597,13 +780,17 @@ mod tests {
             }
         }
 
-        /// A frame comes out of the pose stage now.
+        /// A frame comes out of the pose stage now (stamped at 15 fps).
         fn arrive(&mut self, frame: u64) {
+            self.arrive_stamped(frame, 1_000_000 + frame * 66_667);
+        }
+
+        fn arrive_stamped(&mut self, frame: u64, capture_ts_us: u64) {
             let now = self.clock.now();
             let posed = PosedFrame {
                 session: self.session.clone(),
                 frame,
-                capture_ts_us: 1_000_000 + frame * 66_667,
+                capture_ts_us,
                 encoding: FrameEncoding::Jpeg,
                 bytes: Arc::new(Vec::new()),
                 persons: Some(vec![person(100.0), person(220.0)]),
@@ -719,5 +906,95 @@ mod tests {
             "{again:?}"
         );
         assert_eq!(r.ctx.verdicts.load(Ordering::Relaxed), 1);
+    }
+
+    /// Issue #16 item 5: the frames to wait for were counted at the declared rate (60 fps: up
+    /// to frame 35 of a 0.6 s phrase that a 15 fps camera ends with frame 8), so the verdict
+    /// waited out the signal wait. The end comes from the capture stamps now.
+    #[test]
+    fn time_from_the_wrong_clock_end_frame_comes_from_capture_stamps() {
+        let mut r = rig_with(60.0);
+        r.admit(0..=END_FRAME);
+        for f in 0..=6 {
+            r.arrive(f);
+        }
+        r.signal();
+        assert!(
+            r.referee.is_deciding(),
+            "frames 7 and 8 are still in flight"
+        );
+        r.arrive(7);
+        assert!(r.verdict().is_none());
+        r.arrive(8);
+        let v = r
+            .verdict()
+            .expect("frame 8 (t = 0.53 s) is the phrase's last");
+        let detail: serde_json::Value = serde_json::from_str(&v.detail_json).unwrap();
+        assert_eq!(detail["frames_tracked"], 9);
+        assert_eq!(v.latency, Duration::ZERO, "no signal wait");
+    }
+
+    /// A frame at or past the phrase's end, once known, bounds it exactly even when the first
+    /// guess (the measured rate) was too long.
+    #[test]
+    fn a_frame_past_the_phrase_end_closes_it() {
+        let mut r = rig_with(10.0);
+        // The camera slowed down: frames 0-4 at 15 fps, then 5 fps; frame 6 is past 0.6 s.
+        let ts = |f: u64| {
+            1_000_000
+                + if f <= 4 {
+                    f * 66_667
+                } else {
+                    266_668 + (f - 4) * 200_000
+                }
+        };
+        r.admit(0..=6);
+        for f in 0..=4 {
+            r.arrive_stamped(f, ts(f));
+        }
+        r.signal();
+        assert!(r.referee.is_deciding());
+        r.arrive_stamped(5, ts(5));
+        assert!(
+            r.verdict().is_none(),
+            "frame 5 (0.47 s) is inside the phrase"
+        );
+        r.arrive_stamped(6, ts(6));
+        let v = r.verdict().expect("frame 6 (0.67 s) is past the end");
+        let detail: serde_json::Value = serde_json::from_str(&v.detail_json).unwrap();
+        assert_eq!(detail["frames_tracked"], 7);
+    }
+
+    /// Without stamps (0) time falls back to frame number / declared rate, as before.
+    #[test]
+    fn frames_without_capture_stamps_are_timed_at_the_declared_rate() {
+        let mut r = rig();
+        r.admit(0..=END_FRAME);
+        for f in 0..=END_FRAME {
+            r.arrive_stamped(f, 0);
+        }
+        let t: Vec<f64> = r.referee.poses.iter().map(|p| p.t).collect();
+        assert!((t[3] - 0.2).abs() < 1e-9, "{t:?}");
+        r.signal();
+        let v = r.verdict().expect("frame 8 ends a 0.6 s phrase at 15 fps");
+        let detail: serde_json::Value = serde_json::from_str(&v.detail_json).unwrap();
+        assert_eq!(detail["frames_tracked"], 9);
+    }
+
+    #[test]
+    fn timebase_ignores_stamps_that_go_backwards() {
+        let mut tb = Timebase::new(10.0);
+        assert_eq!(tb.time(0, 0), 0.0);
+        assert_eq!(
+            tb.time(1, 2_000_000),
+            0.1,
+            "the first stamp anchors at the declared rate"
+        );
+        assert!((tb.time(2, 2_050_000) - 0.15).abs() < 1e-9);
+        assert!(
+            (tb.time(3, 1_000_000) - 0.25).abs() < 1e-9,
+            "backwards: declared rate"
+        );
+        assert!((tb.time(4, 2_200_000) - 0.3).abs() < 1e-9, "stamps again");
     }
 }
