@@ -18,7 +18,8 @@
 //! ```
 //!
 //! Fencer 1 is the fencer on the RIGHT of the screen, Fencer 2 the one on the LEFT. Everything from
-//! `Awaiting manual winner selection` on is a human's later decision and is ignored.
+//! `Awaiting manual winner selection` on is a human's later decision: [`parse_signal`] ignores it
+//! (it never reaches the verdict); [`referee_call`] reads it, to be kept beside the verdict.
 
 use serde::Serialize;
 
@@ -481,6 +482,75 @@ fn parse_scores(rest: &str) -> Option<Scoreboard> {
     })
 }
 
+/// How the human's call was entered at the scoring box.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CallSource {
+    /// `Manual selection winner: ...` (the referee picked a side).
+    ManualSelection,
+    /// `Confirmed result winner: ...` (the referee confirmed a proposed result).
+    Confirmed,
+}
+
+/// The referee's own call for a double touch, from the log's tail after
+/// `Awaiting manual winner selection`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RefereeCall {
+    /// The side the referee gave the touch to.
+    pub winner: Side,
+    /// How it was entered.
+    pub source: CallSource,
+    /// The wall-clock stamp of the line (`YYYY-MM-DD HH:MM:SS`), when it has one.
+    pub at: Option<String>,
+    /// 1-based line of the call in the log.
+    pub line: usize,
+}
+
+/// The referee's call in a full log, if the log has reached it: the last `Manual selection
+/// winner:` or `Confirmed result winner:` line after `Awaiting manual winner selection`. Lines of
+/// other systems (e.g. `Remote referee winner ...`, an automated verdict) are not a human call.
+pub fn referee_call(text: &str) -> Option<RefereeCall> {
+    let mut awaiting = false;
+    let mut call = None;
+    for (i, raw) in text.lines().enumerate() {
+        let s = raw.trim().trim_start_matches('\u{feff}');
+        // `[2025-10-20 20:59:27] Manual selection winner: ...`: an optional stamp in brackets.
+        let (at, rest) = match s.strip_prefix('[').and_then(|r| r.split_once(']')) {
+            Some((stamp, rest)) => (Some(stamp.trim().to_string()), rest.trim()),
+            None => (None, s),
+        };
+        if rest.starts_with("Awaiting manual winner selection") {
+            awaiting = true;
+            continue;
+        }
+        if !awaiting {
+            continue;
+        }
+        let (source, who) = if let Some(w) = rest.strip_prefix("Manual selection winner:") {
+            (CallSource::ManualSelection, w)
+        } else if let Some(w) = rest.strip_prefix("Confirmed result winner:") {
+            (CallSource::Confirmed, w)
+        } else {
+            continue;
+        };
+        let who = who.trim().to_ascii_lowercase();
+        let winner = if who.starts_with("left") {
+            Side::Left
+        } else if who.starts_with("right") {
+            Side::Right
+        } else {
+            continue;
+        };
+        call = Some(RefereeCall {
+            winner,
+            source,
+            at,
+            line: i + 1,
+        });
+    }
+    call
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -655,5 +725,40 @@ Winner: Right
     fn empty_or_foreign_text_is_an_error() {
         assert_eq!(parse_signal(""), Err(SignalError::NoEvents));
         assert_eq!(parse_signal("hello\nworld\n"), Err(SignalError::NoEvents));
+    }
+
+    #[test]
+    fn the_referees_call_is_read_from_the_tail_only() {
+        let full = "\
+ 0.000s | Phrase recording started
+ 3.528s | HIT: Simultaneous valid hits!
+ 3.570s | Phrase recording ended
+Scores -> Fencer 1: HIT, Fencer 2: HIT
+[2025-10-20 20:59:24] Awaiting manual winner selection (double hit)
+[2025-10-20 20:59:27] Manual selection winner: Right Fencer (Green Lamp)
+[2025-10-20 20:59:27] Uploading phrase to remote referee service
+[2025-10-20 20:59:31] Remote referee winner: Left Fencer (Red Lamp)
+";
+        let call = referee_call(full).expect("a call");
+        assert_eq!(call.winner, Side::Right);
+        assert_eq!(call.source, CallSource::ManualSelection);
+        assert_eq!(call.at.as_deref(), Some("2025-10-20 20:59:27"));
+        assert_eq!(call.line, 6);
+        // The same words before the awaiting line are not a call; the log without a tail has none.
+        assert_eq!(referee_call("Manual selection winner: Left Fencer\n"), None);
+        let cut = full.split("[2025-10-20 20:59:24]").next().unwrap();
+        assert_eq!(referee_call(cut), None);
+        let confirmed =
+            "Awaiting manual winner selection\nConfirmed result winner: Left Fencer (Red Lamp)\n";
+        let c = referee_call(confirmed).expect("confirmed");
+        assert_eq!(
+            (c.winner, c.source, c.at),
+            (Side::Left, CallSource::Confirmed, None)
+        );
+        // The verdict's input is the same with or without the tail.
+        assert_eq!(
+            parse_signal(full).unwrap().events,
+            parse_signal(cut).unwrap().events
+        );
     }
 }
