@@ -11,12 +11,14 @@
 //! up to the hit (the established attack), else whose lamp lit first (a stop-cut into the attack
 //! loses), else who gained more ground at the end; otherwise `uncertain`.
 
+pub mod model;
 pub mod rules;
 pub mod signal;
 pub mod workbook;
 
 use serde::{Deserialize, Serialize};
 
+pub use model::{Model, ModelError, MODEL_VERSION};
 pub use rules::{
     analyze, Decision, DoubleFeatures, Evidence, LiveEstimate, Params, PhraseAnalyzer, Rule,
     SideLive, DEFAULT_PARAMS,

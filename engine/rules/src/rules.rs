@@ -22,7 +22,7 @@
 //! accuracy on the labelled phrases); `referee evaluate --cv` re-chooses it leaving one recording
 //! date out and reports that accuracy.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::signal::Timeline;
 use crate::{Keypoints, PoseFrame, Side, Winner};
@@ -56,12 +56,19 @@ pub const CONF_FIRST_LAMP: f32 = 0.75;
 pub const CONF_FINAL_ADVANCE: f32 = 0.65;
 
 /// The tolerances of the priority rules.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Params {
     /// Advance runs closer than this (seconds) are level: the fencers set off together.
     pub run_tie_s: f64,
     /// Final advances closer than this (torso lengths) are level.
     pub advance_tie: f64,
+    /// Half-width (s) of the time window the advance-run speed is measured over, by linear
+    /// interpolation of the position at exactly ±this, so the same motion gives the same speed
+    /// at any frame rate. `None` (the shipped default, kept to reproduce the original verdicts):
+    /// the frames within ±[`RUN_SMOOTH_S`], at least one each side, which spans 0.13 s at 15 fps
+    /// and 0.2 s at 30 fps.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub speed_window_s: Option<f64>,
 }
 
 /// Shipped tolerances: 0.2 s is about three frames at 15 fps and a fencer's reaction time; the
@@ -69,13 +76,14 @@ pub struct Params {
 pub const DEFAULT_PARAMS: Params = Params {
     run_tie_s: 0.2,
     advance_tie: 0.1,
+    speed_window_s: None,
 };
 
 /// Candidate run tolerances searched by [`Params::fit`].
 pub const RUN_TIE_CANDIDATES: [f64; 9] = [0.0, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5];
 
 /// Which priority rule decided a double touch.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Rule {
     /// 1: the longer advance run.
@@ -349,8 +357,52 @@ fn forward_series(s: &[Sample], side: Side) -> Option<Vec<f64>> {
 /// Seconds of uninterrupted forward movement ending at the last sample, and the index where it
 /// started. The speed at a sample is the slope over +-[`RUN_SMOOTH_S`] (never past the last
 /// sample), in torso lengths per second; the run lasts while it stays above [`RUN_MIN_SPEED`].
-fn advance_run(s: &[Sample], f: &[f64], scale: f64) -> (f64, usize) {
+/// Position of series `f` (over samples `s`) at time `t`: linear between samples, held at the ends.
+fn interp(s: &[Sample], f: &[f64], t: f64) -> f64 {
     let h = f.len() - 1;
+    let j = s[..=h].partition_point(|p| p.t <= t);
+    if j == 0 {
+        return f[0];
+    }
+    if j > h {
+        return f[h];
+    }
+    let (t0, t1) = (s[j - 1].t, s[j].t);
+    let a = if t1 > t0 { (t - t0) / (t1 - t0) } else { 1.0 };
+    f[j - 1] + a * (f[j] - f[j - 1])
+}
+
+fn advance_run(
+    s: &[Sample],
+    f: &[f64],
+    scale: f64,
+    window: Option<f64>,
+    hit_t: f64,
+) -> (f64, usize) {
+    let h = f.len() - 1;
+    let at = |t: f64| interp(s, f, t);
+    if let Some(w) = window {
+        // The phrase ends at the hit (interpolated), whatever the frame rate.
+        let end = hit_t.min(s[h].t);
+        // Speed at time t over [t - w, t + w] (clipped to the samples), scanned back from the
+        // last sample on a fixed time grid, so the run does not depend on where frames fall.
+        let speed = |t: f64| -> f64 {
+            let lo = (t - w).max(s[0].t);
+            let hi = (t + w).min(end);
+            if hi > lo {
+                (at(hi) - at(lo)) / scale / (hi - lo)
+            } else {
+                0.0
+            }
+        };
+        let step = w / 4.0;
+        let mut t = end;
+        while t > s[0].t && speed(t) > RUN_MIN_SPEED {
+            t = (t - step).max(s[0].t);
+        }
+        let k = s[..=h].partition_point(|p| p.t < t - 0.5 * step).min(h);
+        return (end - t, k);
+    }
     let speed = |k: usize| -> f64 {
         // At least one neighbour each side, whatever the frame rate.
         let lo = s
@@ -457,7 +509,7 @@ impl PhraseAnalyzer {
     }
 
     /// Features of both fencers up to and including sample `h`. `Err` carries why not.
-    fn features_at(&self, h: usize) -> Result<Measured, String> {
+    fn features_at(&self, h: usize, params: &Params, hit_t: f64) -> Result<Measured, String> {
         let s = &self.samples[..=h];
         let t_h = s[h].t;
         for side in [Side::Left, Side::Right] {
@@ -486,7 +538,12 @@ impl PhraseAnalyzer {
             let f = forward_series(s, side)
                 .ok_or_else(|| format!("the {side} fencer is never seen"))?;
             m.advance[i] = (f[h] - f[a]) / scale;
-            let (run, start) = advance_run(s, &f, scale);
+            if params.speed_window_s.is_some() {
+                // Time-based: the position at the hit and 0.8 s before, interpolated.
+                let end = hit_t.min(t_h);
+                m.advance[i] = (interp(s, &f, end) - interp(s, &f, end - ADVANCE_WINDOW_S)) / scale;
+            }
+            let (run, start) = advance_run(s, &f, scale, params.speed_window_s, hit_t);
             m.run[i] = run;
             m.run_start[i] = start;
         }
@@ -544,7 +601,7 @@ impl PhraseAnalyzer {
                 visible,
             }
         };
-        let (right_of_way, confidence) = match self.features_at(h) {
+        let (right_of_way, confidence) = match self.features_at(h, &DEFAULT_PARAMS, last.t) {
             Ok(m) => {
                 let x = [m.advance[0] - m.advance[1], m.run[0] - m.run[1], 0.0];
                 match DEFAULT_PARAMS.apply(&x) {
@@ -614,7 +671,12 @@ impl PhraseAnalyzer {
                 "Double touch at {hit_t:.2} s but the pose frames stop at {last_t:.2} s: ask a human."
             ));
         }
-        let m = match self.features_at(h) {
+        // The time-based form interpolates at the hit: it takes the first frame after it too.
+        let h = match params.speed_window_s {
+            Some(_) if self.samples[h].t < hit_t && h + 1 < self.samples.len() => h + 1,
+            _ => h,
+        };
+        let m = match self.features_at(h, params, hit_t) {
             Ok(m) => m,
             Err(why) => return uncertain(format!("Double touch, but {why}: ask a human.")),
         };

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use referee_rules::signal::{parse_signal, Timeline};
 use referee_rules::workbook::{infer_fps, read_workbook};
-use referee_rules::{Decision, PhraseAnalyzer};
+use referee_rules::{Decision, Model, PhraseAnalyzer};
 use referee_test_support::{phrase_dirs, require_shared, PHRASES};
 
 const FIXTURE: &str = "tests/fixtures/default_verdicts.tsv";
@@ -54,7 +54,10 @@ fn load(dir: &Path) -> (Timeline, PhraseAnalyzer) {
 }
 
 fn phrases() -> Option<Vec<PathBuf>> {
-    let dir = require_shared(PHRASES, "checking the default model against the old verdicts")?;
+    let dir = require_shared(
+        PHRASES,
+        "checking the default model against the old verdicts",
+    )?;
     Some(phrase_dirs(&dir, "signal.txt"))
 }
 
@@ -89,16 +92,34 @@ fn default_params_reproduce_the_old_verdicts() {
             let c: Vec<&str> = l.split('\t').collect();
             (
                 c[0].to_string(),
-                (c[1].to_string(), c[2].parse().expect("conf"), c[3].to_string()),
+                (
+                    c[1].to_string(),
+                    c[2].parse().expect("conf"),
+                    c[3].to_string(),
+                ),
             )
         })
         .collect();
     assert_eq!(want.len(), 130, "the fixture covers the 130 phrases");
     assert_eq!(dirs.len(), want.len());
+    let from_file =
+        Model::from_json(&Model::default().to_json(), "default.json").expect("default model file");
     for dir in &dirs {
         let (tl, a) = load(dir);
-        let got = fingerprint(&a.decide(&tl));
         let w = &want[&stem(dir)];
-        assert_eq!(&got, w, "{}", dir.display());
+        assert_eq!(&fingerprint(&a.decide(&tl)), w, "{}", dir.display());
+        // The shipped default model, in memory and through its own model file, gives the same.
+        assert_eq!(
+            &fingerprint(&a.decide_model(&tl, &Model::default())),
+            w,
+            "{}",
+            dir.display()
+        );
+        assert_eq!(
+            &fingerprint(&a.decide_model(&tl, &from_file)),
+            w,
+            "{}",
+            dir.display()
+        );
     }
 }
