@@ -34,6 +34,8 @@ pub struct EngineConfig {
     pub honour_undistort_hint: bool,
     /// How often the track stage looks at pending verdicts when no frame arrives.
     pub track_tick: Duration,
+    /// The right-of-way model deciding double touches (default: the shipped rules).
+    pub referee_model: std::sync::Arc<referee_rules::Model>,
 }
 
 impl Default for EngineConfig {
@@ -58,6 +60,7 @@ impl Default for EngineConfig {
             },
             honour_undistort_hint: false,
             track_tick: Duration::from_millis(50),
+            referee_model: Default::default(),
         }
     }
 }
