@@ -26,6 +26,8 @@ enum Command {
     Analyze(cmd::analyze::Args),
     /// Run `analyze` over a folder of labelled phrases and report accuracy.
     Evaluate(cmd::evaluate::Args),
+    /// Fit the right-of-way model from labelled phrase folders (leave-one-date-out inside).
+    Train(cmd::train::Args),
     /// Print pose keypoints (JSON lines) for every frame of a video or image.
     Pose(cmd::pose::Args),
     /// Manage the pose model weights (fetch, verify, convert).
@@ -45,6 +47,7 @@ fn main() -> anyhow::Result<()> {
         Command::Serve(a) => cmd::serve::run(a),
         Command::Analyze(a) => cmd::analyze::run(a),
         Command::Evaluate(a) => cmd::evaluate::run(a),
+        Command::Train(a) => cmd::train::run(a),
         Command::Pose(a) => cmd::pose::run(a),
         Command::Model(a) => cmd::model::run(a),
         Command::Feed(a) => cmd::feed::run(a),

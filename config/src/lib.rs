@@ -148,6 +148,13 @@ pub struct PipelineSettings {
     pub reorder_window: usize,
 }
 
+/// The right-of-way decision.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct RefereeSettings {
+    /// Model file written by `referee train`; `None` = the shipped default.
+    pub model: Option<PathBuf>,
+}
+
 /// All settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -158,6 +165,7 @@ pub struct Settings {
     pub pose: PoseSettings,
     pub fisheye: FisheyeSettings,
     pub pipeline: PipelineSettings,
+    pub referee: RefereeSettings,
     /// tracing filter: error, warn, info, debug, trace, or a directive such as `referee=debug`.
     pub log_level: String,
 }
@@ -413,6 +421,16 @@ pub const KEYS: &[KeyInfo] = &[
         default 8, 1..=4096),
     int_key!(pipeline.reorder_window: usize, "REFEREE_REORDER_WINDOW",
         default 32, 1..=100000),
+    KeyInfo {
+        key: "referee.model",
+        env: "REFEREE_MODEL",
+        default: "",
+        allowed: "a model file path written by `referee train`, or empty for the shipped default",
+        set: |s, v| {
+            s.referee.model = optional_path(v)?;
+            Ok(())
+        },
+    },
 ];
 
 /// A value before validation: a scalar as text, or a list of strings (TOML arrays).
@@ -743,6 +761,7 @@ impl Settings {
                 queue_depth: 0,
                 reorder_window: 0,
             },
+            referee: RefereeSettings::default(),
             log_level: String::new(),
         }
     }
@@ -850,6 +869,9 @@ mod tests {
             pipeline: PipelineSettings {
                 queue_depth: 1,
                 reorder_window: 1,
+            },
+            referee: RefereeSettings {
+                model: Some(PathBuf::from("m")),
             },
             log_level: "x".into(),
         };

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use referee_rules::{signal, workbook, Decision, PhraseAnalyzer};
+use referee_rules::{signal, workbook, Decision, Model, PhraseAnalyzer};
 
 /// Arguments of `referee analyze`.
 #[derive(clap::Args, Debug)]
@@ -25,19 +25,24 @@ pub struct Args {
     /// Default: inferred from the workbook's row count and the log (15 or 30 fps).
     #[arg(long)]
     pub fps: Option<f64>,
+    /// Right-of-way model file (default: config `referee.model` / REFEREE_MODEL, else the
+    /// shipped default).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
     /// Print the verdict as JSON.
     #[arg(long)]
     pub json: bool,
 }
 
-/// Parses the log, reads the workbook, pushes every frame and decides.
+/// Parses the log, reads the workbook, pushes every frame and decides with `model`.
 pub fn analyze_files(
     signal_path: &Path,
     keypoints: &Path,
     fps: Option<f64>,
+    model: &Model,
 ) -> anyhow::Result<Decision> {
     let (timeline, analyzer) = load(signal_path, keypoints, fps)?;
-    Ok(analyzer.decide(&timeline))
+    Ok(analyzer.decide_model(&timeline, model))
 }
 
 /// Parses the log and feeds the workbook's frames to a fresh analyzer (no decision yet).
@@ -106,7 +111,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
              or --video V, together with --signal"
         );
     };
-    let decision = analyze_files(&args.signal, keypoints, args.fps)?;
+    let (model, _) = super::evaluate::resolve_model(args.model.as_deref())?;
+    let decision = analyze_files(&args.signal, keypoints, args.fps, &model)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&decision)?);
     } else {

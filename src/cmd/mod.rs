@@ -9,6 +9,7 @@ pub mod feed;
 pub mod model;
 pub mod pose;
 pub mod serve;
+pub mod train;
 
 /// Installs the tracing subscriber: `--log-level`, else REFEREE_LOG_LEVEL, else RUST_LOG, else info.
 /// Colour only on a terminal (see `referee_capture::logging`).

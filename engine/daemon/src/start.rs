@@ -41,6 +41,8 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    #[error("right-of-way model: {0}")]
+    Model(#[source] referee_rules::ModelError),
     #[error("cannot create {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -141,7 +143,13 @@ impl Daemon {
             source,
         })?;
 
-        let core = Core::start(engine_config(s), estimators);
+        let mut cfg = engine_config(s);
+        if let Some(path) = &s.referee.model {
+            let model = referee_rules::Model::load(path).map_err(DaemonError::Model)?;
+            info!(model = %path.display(), kind = ?model.kind, "right-of-way model loaded");
+            cfg.referee_model = Arc::new(model);
+        }
+        let core = Core::start(cfg, estimators);
         let (stop, mut stopped) = watch::channel(false);
         let ctx = QuicContext {
             core: core.clone(),
