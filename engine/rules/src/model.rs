@@ -284,9 +284,8 @@ impl Model {
             ));
         }
         let p = &self.params;
-        if !(p.run_tie_s.is_finite() && p.run_tie_s >= 0.0)
-            || !(p.advance_tie.is_finite() && p.advance_tie >= 0.0)
-        {
+        let valid = |v: f64| v.is_finite() && v >= 0.0;
+        if !valid(p.run_tie_s) || !valid(p.advance_tie) {
             return Err(format!("invalid params {p:?}"));
         }
         if p.speed_window_s
@@ -552,8 +551,9 @@ fn solve3(mut a: [[f64; 3]; 3], mut b: [f64; 3]) -> Option<[f64; 3]> {
         for r in 0..3 {
             if r != c {
                 let f = a[r][c] / a[c][c];
-                for k in 0..3 {
-                    a[r][k] -= f * a[c][k];
+                let pivot_row = a[c];
+                for (x, p) in a[r].iter_mut().zip(pivot_row) {
+                    *x -= f * p;
                 }
                 b[r] -= f * b[c];
             }
