@@ -53,8 +53,10 @@ pub fn analyze_video(
                 resume: false,
             },
         )?;
+        // Read as fast as possible: frames carry their media time, not the time read.
+        let mut stamps = referee_capture::source::CaptureStamps::default();
         while let Some(frame) = source.next_frame()? {
-            let capture_ts_us = frame.capture_ts_us;
+            let capture_ts_us = stamps.stamp(frame.capture_ts_us, frame.pts_us);
             let (encoding, bytes) = frame.into_wire();
             session
                 .push(OfflineFrame {

@@ -5,7 +5,7 @@ use super::ring::{OutFrame, Ring};
 use super::AgentError;
 use crate::encode::{encode, Encoding};
 use crate::pacing::Pacer;
-use crate::source::FrameSource;
+use crate::source::{CaptureStamps, FrameSource};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -52,24 +52,6 @@ pub(super) fn spawn_producer(
         }
         ring.finish(error);
     })
-}
-
-/// The capture time sent with each frame. A camera's frame is stamped when it was taken. A
-/// file's frames are stamped with their media time, anchored at the wall-clock time the first
-/// one was read: read as fast as possible, a file must still say when its frames were filmed,
-/// or the daemon would see the phrase compressed into the time it took to read it.
-#[derive(Default)]
-struct CaptureStamps {
-    /// (wall-clock µs, media µs) of the first frame with a media time.
-    anchor: Option<(u64, u64)>,
-}
-
-impl CaptureStamps {
-    fn stamp(&mut self, wall_us: u64, pts_us: Option<u64>) -> u64 {
-        let Some(pts) = pts_us else { return wall_us };
-        let (wall0, pts0) = *self.anchor.get_or_insert((wall_us, pts));
-        wall0.saturating_add(pts.saturating_sub(pts0))
-    }
 }
 
 #[cfg(test)]

@@ -187,6 +187,25 @@ pub enum SourceError {
     InvalidArgument(String),
 }
 
+/// The capture time sent with each frame. A camera's frame is stamped when it was taken. A
+/// file's frames are stamped with their media time, anchored at the wall-clock time the first
+/// one was read: read as fast as possible, a file must still say when its frames were filmed,
+/// or the daemon would see the phrase compressed into the time it took to read it.
+#[derive(Debug, Default)]
+pub struct CaptureStamps {
+    /// (wall-clock µs, media µs) of the first frame with a media time.
+    anchor: Option<(u64, u64)>,
+}
+
+impl CaptureStamps {
+    /// The stamp for a frame the source stamped `wall_us`, with media time `pts_us` if any.
+    pub fn stamp(&mut self, wall_us: u64, pts_us: Option<u64>) -> u64 {
+        let Some(pts) = pts_us else { return wall_us };
+        let (wall0, pts0) = *self.anchor.get_or_insert((wall_us, pts));
+        wall0.saturating_add(pts.saturating_sub(pts0))
+    }
+}
+
 /// Current wall-clock time in microseconds since the Unix epoch (0 if the clock is before 1970).
 pub fn now_us() -> u64 {
     SystemTime::now()

@@ -144,12 +144,16 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             }
             let mut buffered = Vec::new();
             for i in 0..args.phrases {
+                // Buffered frames carry their capture times at the clip's rate (the engine
+                // times a phrase by them), not the instant they were queued.
+                let t0 = now_us();
                 let frames = jpegs
                     .iter()
-                    .map(|b| OfflineFrame {
+                    .enumerate()
+                    .map(|(k, b)| OfflineFrame {
                         encoding: FrameEncoding::Jpeg,
                         bytes: b.clone(),
-                        capture_ts_us: now_us(),
+                        capture_ts_us: t0 + (k as f64 * 1e6 / info.fps as f64) as u64,
                     })
                     .collect();
                 let start = SessionStart {
