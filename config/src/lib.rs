@@ -155,6 +155,30 @@ pub struct RefereeSettings {
     pub model: Option<PathBuf>,
 }
 
+/// Tournament mode: live events, the verdict log and the piste registry on NATS. Off while
+/// `url` is `None`; nothing else changes then.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct NatsSettings {
+    /// Server URL(s), comma-separated (`nats://host:4222`, `tls://...`); `None` = off.
+    pub url: Option<String>,
+    /// File holding the NATS token.
+    pub token_file: Option<PathBuf>,
+    /// NATS credentials file (`.creds`: JWT + NKey seed).
+    pub credentials_file: Option<PathBuf>,
+    /// CA file (PEM) that the NATS server's certificate must chain to; also requires TLS.
+    pub tls_ca: Option<PathBuf>,
+    /// First token(s) of every subject.
+    pub subject_prefix: String,
+    /// This daemon's id in the registry; empty = derived from the QUIC port and fingerprint.
+    pub daemon_id: String,
+    /// QUIC address agents should dial (HOST:PORT); empty = the bound address.
+    pub advertise: Option<String>,
+    /// Pistes this daemon serves, registered even before an agent connects.
+    pub pistes: Vec<String>,
+    /// Verdicts kept on disk while NATS is unreachable.
+    pub outbox_max: usize,
+}
+
 /// All settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -166,6 +190,7 @@ pub struct Settings {
     pub fisheye: FisheyeSettings,
     pub pipeline: PipelineSettings,
     pub referee: RefereeSettings,
+    pub nats: NatsSettings,
     /// tracing filter: error, warn, info, debug, trace, or a directive such as `referee=debug`.
     pub log_level: String,
 }
@@ -431,6 +456,114 @@ pub const KEYS: &[KeyInfo] = &[
             Ok(())
         },
     },
+    KeyInfo {
+        key: "nats.url",
+        env: "REFEREE_NATS_URL",
+        default: "",
+        allowed: "a NATS URL such as nats://127.0.0.1:4222 (several comma-separated), or empty for no NATS",
+        set: |s, v| {
+            let t = v.text()?;
+            if t.chars().any(char::is_whitespace) {
+                return Err(Bad);
+            }
+            s.nats.url = (!t.is_empty()).then(|| t.to_string());
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "nats.token_file",
+        env: "REFEREE_NATS_TOKEN_FILE",
+        default: "",
+        allowed: "a file holding the NATS token, or empty",
+        set: |s, v| {
+            s.nats.token_file = optional_path(v)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "nats.credentials_file",
+        env: "REFEREE_NATS_CREDENTIALS_FILE",
+        default: "",
+        allowed: "a NATS .creds file (JWT and NKey seed), or empty",
+        set: |s, v| {
+            s.nats.credentials_file = optional_path(v)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "nats.tls_ca",
+        env: "REFEREE_NATS_TLS_CA",
+        default: "",
+        allowed: "a PEM CA file for the NATS server's certificate (TLS is then required), or empty",
+        set: |s, v| {
+            s.nats.tls_ca = optional_path(v)?;
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "nats.subject_prefix",
+        env: "REFEREE_NATS_SUBJECT_PREFIX",
+        default: "referee",
+        allowed: "dot-separated tokens of letters, digits, `-` and `_`, e.g. referee or paris2026.referee",
+        set: |s, v| {
+            let t = v.text()?;
+            let token_ok = |tok: &str| {
+                !tok.is_empty()
+                    && tok
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            };
+            if !t.split('.').all(token_ok) {
+                return Err(Bad);
+            }
+            s.nats.subject_prefix = t.to_string();
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "nats.daemon_id",
+        env: "REFEREE_NATS_DAEMON_ID",
+        default: "",
+        allowed: "letters, digits, `-` and `_` (at most 64), or empty to derive one from the port and fingerprint",
+        set: |s, v| {
+            let t = v.text()?;
+            if t.len() > 64
+                || !t
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(Bad);
+            }
+            s.nats.daemon_id = t.to_string();
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "nats.advertise",
+        env: "REFEREE_NATS_ADVERTISE",
+        default: "",
+        allowed: "the HOST:PORT agents should dial, or empty for the bound QUIC address",
+        set: |s, v| {
+            let t = v.text()?;
+            if !t.is_empty() && (t.chars().any(char::is_whitespace) || !t.contains(':')) {
+                return Err(Bad);
+            }
+            s.nats.advertise = (!t.is_empty()).then(|| t.to_string());
+            Ok(())
+        },
+    },
+    KeyInfo {
+        key: "nats.pistes",
+        env: "REFEREE_NATS_PISTES",
+        default: "",
+        allowed: TOKENS_ALLOWED,
+        set: |s, v| {
+            s.nats.pistes = tokens(v)?;
+            Ok(())
+        },
+    },
+    int_key!(nats.outbox_max: usize, "REFEREE_NATS_OUTBOX_MAX",
+        default 100000, 1..=10000000, "(verdicts kept on disk while NATS is unreachable)"),
 ];
 
 /// A value before validation: a scalar as text, or a list of strings (TOML arrays).
@@ -762,6 +895,7 @@ impl Settings {
                 reorder_window: 0,
             },
             referee: RefereeSettings::default(),
+            nats: NatsSettings::default(),
             log_level: String::new(),
         }
     }
@@ -869,6 +1003,17 @@ mod tests {
             pipeline: PipelineSettings {
                 queue_depth: 1,
                 reorder_window: 1,
+            },
+            nats: NatsSettings {
+                url: Some("nats://x:1".into()),
+                token_file: Some(PathBuf::from("t")),
+                credentials_file: Some(PathBuf::from("c")),
+                tls_ca: Some(PathBuf::from("a")),
+                subject_prefix: "p".into(),
+                daemon_id: "d".into(),
+                advertise: Some("h:1".into()),
+                pistes: vec!["1".into()],
+                outbox_max: 1,
             },
             referee: RefereeSettings {
                 model: Some(PathBuf::from("m")),
