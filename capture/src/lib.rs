@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod cli;
+pub mod discover;
 pub mod encode;
 pub mod logging;
 pub mod pacing;

@@ -24,14 +24,32 @@ const JANITOR_TICK: Duration = Duration::from_millis(200);
 pub struct EventRouter {
     outboxes: Mutex<HashMap<String, mpsc::UnboundedSender<ServerMsg>>>,
     feed: FeedHub,
+    /// Also sees every feed event (the NATS side, when configured); must not block.
+    tap: std::sync::OnceLock<FeedTap>,
 }
+
+/// A consumer of every feed event besides the hub.
+pub type FeedTap = Box<dyn Fn(&FeedEvent) + Send + Sync>;
 
 impl EventRouter {
     fn new() -> Self {
         Self {
             outboxes: Mutex::new(HashMap::new()),
             feed: FeedHub::new(DEFAULT_SUBSCRIBER_BUFFER),
+            tap: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Sends every later feed event to `tap` too (once; a second tap is ignored).
+    pub fn set_tap(&self, tap: FeedTap) {
+        let _ = self.tap.set(tap);
+    }
+
+    fn publish(&self, event: FeedEvent) {
+        if let Some(tap) = self.tap.get() {
+            tap(&event);
+        }
+        self.feed.publish(event);
     }
 
     /// Routes the session's messages to `outbox` (a new or resuming agent).
@@ -70,8 +88,7 @@ impl EventSink for EventRouter {
     fn emit(&self, event: EngineEvent) {
         match event {
             EngineEvent::SessionStarted { session_id, piste } => {
-                self.feed
-                    .publish(FeedEvent::SessionStarted { session_id, piste });
+                self.publish(FeedEvent::SessionStarted { session_id, piste });
             }
             EngineEvent::Progress {
                 session_id,
@@ -92,13 +109,13 @@ impl EventSink for EventRouter {
                 estimate,
             } => {
                 let live = map::live_state(&session_id, &piste, frame, &estimate);
-                self.feed.publish(FeedEvent::Live(live));
+                self.publish(FeedEvent::Live(live));
             }
             EngineEvent::Verdict { verdict, repeated } => {
                 let report = map::verdict_report(&verdict);
                 self.to_agent(&verdict.session_id, ServerMsg::Verdict(report.clone()));
                 if !repeated {
-                    self.feed.publish(FeedEvent::Verdict(report));
+                    self.publish(FeedEvent::Verdict(report));
                 }
             }
             EngineEvent::Failure {
@@ -109,7 +126,7 @@ impl EventSink for EventRouter {
                 let err = map::failure(&session_id, kind, &message);
                 self.to_agent(&session_id, ServerMsg::Error(err.clone()));
                 if kind == referee_engine::FailureKind::BadSignal {
-                    self.feed.publish(FeedEvent::Error(err));
+                    self.publish(FeedEvent::Error(err));
                 }
             }
             EngineEvent::SessionEnded {
@@ -126,7 +143,7 @@ impl EventSink for EventRouter {
                     },
                 );
                 self.detach(&session_id);
-                self.feed.publish(FeedEvent::SessionEnded {
+                self.publish(FeedEvent::SessionEnded {
                     session_id,
                     piste,
                     stats,

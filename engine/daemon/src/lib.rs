@@ -7,12 +7,15 @@
 //! - [`quic`]: agents and feed subscribers over QUIC; [`http`]: `/healthz`, `/status`,
 //!   `/metrics`, the feed page and Server-Sent Events; [`feed`]: the fan-out hub.
 //! - [`map`]: the one mapping between engine values and wire messages.
+//! - [`nats`]: tournament mode (live subjects by piste, the JetStream verdict log with its
+//!   on-disk outbox, the piste registry heartbeat), when `nats.url` is set.
 //! - [`offline`]: the same engine driven from frames in this process (analyze, benches).
 
 pub mod core;
 pub mod feed;
 pub mod http;
 pub mod map;
+pub mod nats;
 pub mod offline;
 pub mod pose;
 pub mod quic;

@@ -43,6 +43,8 @@ pub enum DaemonError {
     },
     #[error("right-of-way model: {0}")]
     Model(#[source] referee_rules::ModelError),
+    #[error("NATS: {0}")]
+    Nats(#[from] crate::nats::NatsError),
     #[error("cannot create {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -84,6 +86,8 @@ pub struct Daemon {
     pub fingerprint: String,
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
+    /// The NATS side (tournament mode), when `nats.url` is set.
+    pub nats: Option<crate::nats::NatsBridge>,
 }
 
 impl Daemon {
@@ -174,6 +178,7 @@ impl Daemon {
                 warn!(error = %e, "HTTP server stopped");
             }
         });
+        let nats = crate::nats::NatsBridge::start(s, &core, quic_addr, &fingerprint).await?;
         info!(%quic_addr, %http_addr, %fingerprint, "daemon listening");
         Ok(Self {
             core,
@@ -182,6 +187,7 @@ impl Daemon {
             fingerprint,
             endpoint,
             stop,
+            nats,
         })
     }
 
@@ -191,6 +197,9 @@ impl Daemon {
         let _ = self.stop.send(true);
         let core = self.core.clone();
         let _ = tokio::task::spawn_blocking(move || core.shutdown()).await;
+        if let Some(nats) = self.nats {
+            nats.shutdown().await;
+        }
         self.endpoint.wait_idle().await;
     }
 }
