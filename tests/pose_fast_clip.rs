@@ -6,11 +6,16 @@
 //! so detections far from the score threshold match; a person whose score sits within 1e-3 of
 //! the threshold could flip, so the count may differ only by such borderline persons. Matched
 //! persons: |score diff| <= 1e-3, boxes and keypoints within 1 px in source (1920x1080) pixels.
+//!
+//! The fast path runs once per vector instruction set this CPU has (avx2, avx512; the scalar
+//! `portable` level is checked on synthetic inputs in referee-models, it is too slow for
+//! these sizes); `REFEREE_POSE_ISA=<level>` runs only that one (portable included).
 
 mod common;
 
 use std::path::Path;
 
+use referee_models::fast::Isa;
 use referee_models::{letterbox_rgb, FastYoloPose, Person, PoseEstimator, PoseOptions, YoloPose};
 
 const SCORE_TOL: f32 = 1e-3;
@@ -72,9 +77,20 @@ fn run_size(clip: &Path, w: usize, h: usize, band: Option<(usize, usize, usize)>
     };
     let weights = common::weights();
     let mut reference = YoloPose::load(&weights, opts).expect("reference");
-    let mut fast = FastYoloPose::load(&weights, opts).expect("fast");
+    let isas: Vec<Isa> = match std::env::var("REFEREE_POSE_ISA") {
+        Ok(v) if !v.trim().is_empty() => vec![Isa::select(&v).expect("REFEREE_POSE_ISA")],
+        _ => Isa::available()
+            .into_iter()
+            .filter(|&i| i >= Isa::Avx2 || Isa::best() == Isa::Portable)
+            .collect(),
+    };
+    let mut fasts: Vec<FastYoloPose> = isas
+        .iter()
+        .map(|&isa| FastYoloPose::load_on(&weights, opts, isa).expect("fast"))
+        .collect();
     // The whole head computed densely: the sparse head (the default) must give the same persons.
-    let mut dense = FastYoloPose::load(&weights, opts).expect("fast");
+    let best = *isas.last().expect("an ISA");
+    let mut dense = FastYoloPose::load_on(&weights, opts, best).expect("fast");
     dense.set_sparse_head(false);
     let mut total = 0;
     for (i, (fw, fh, rgb)) in frames(clip, 8, 8).into_iter().enumerate() {
@@ -91,21 +107,26 @@ fn run_size(clip: &Path, w: usize, h: usize, band: Option<(usize, usize, usize)>
         let want = reference
             .estimate(std::slice::from_ref(&frame))
             .expect("reference");
-        let got = fast.estimate(std::slice::from_ref(&frame)).expect("fast");
         let got_dense = dense.estimate(std::slice::from_ref(&frame)).expect("dense");
-        assert_eq!(got[0].len(), got_dense[0].len(), "sparse vs dense head");
-        check(
-            &got[0],
-            &got_dense[0],
-            opts.conf_threshold,
-            &format!("{w}x{h} frame {i} sparse vs dense head"),
-        );
-        check(
-            &got[0],
-            &want[0],
-            opts.conf_threshold,
-            &format!("{w}x{h} frame {i}"),
-        );
+        for fast in &mut fasts {
+            let isa = fast.isa();
+            let got = fast.estimate(std::slice::from_ref(&frame)).expect("fast");
+            if isa == best {
+                assert_eq!(got[0].len(), got_dense[0].len(), "sparse vs dense head");
+                check(
+                    &got[0],
+                    &got_dense[0],
+                    opts.conf_threshold,
+                    &format!("{isa} {w}x{h} frame {i} sparse vs dense head"),
+                );
+            }
+            check(
+                &got[0],
+                &want[0],
+                opts.conf_threshold,
+                &format!("{isa} {w}x{h} frame {i}"),
+            );
+        }
         total += want[0].len();
     }
     println!("{w}x{h} band {band:?}: {total} reference persons matched");

@@ -8,12 +8,17 @@
 //!   (pixel coordinates, box sizes, scores, keypoint confidences);
 //! - after decode: the same persons (count, order) with boxes and keypoints within 0.5 px and
 //!   scores within 1e-3.
+//!
+//! Each test runs once per instruction set this CPU has (portable, avx2, avx512; see
+//! `referee_models::fast::Isa`); `REFEREE_POSE_ISA=avx2` (any `pose.isa` value) runs only
+//! that one, which is how CI checks a forced level on a machine that has more.
 
 mod common;
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
+use referee_models::fast::Isa;
 use referee_models::{FastYoloPose, PoseEstimator, PoseOptions, PreparedFrame, YoloNet, YoloPose};
 
 /// The converted weights; converted once from the shared checkpoint when absent (the same
@@ -37,6 +42,20 @@ fn weights() -> PathBuf {
         }
     });
     common::weights()
+}
+
+/// The instruction sets to test: `REFEREE_POSE_ISA` if set, else every one this CPU runs.
+fn isas() -> Vec<Isa> {
+    match std::env::var("REFEREE_POSE_ISA") {
+        Ok(v) if !v.trim().is_empty() => vec![Isa::select(&v).expect("REFEREE_POSE_ISA")],
+        _ => Isa::available(),
+    }
+}
+
+fn load_fast(weights: &std::path::Path, opts: PoseOptions, isa: Isa) -> FastYoloPose {
+    let fast = FastYoloPose::load_on(weights, opts, isa).expect("fast");
+    assert_eq!(fast.isa(), isa);
+    fast
 }
 
 const ABS_TOL: f32 = 0.05;
@@ -99,7 +118,10 @@ fn compare_raw(got: &[f32], want: &[f32], what: &str) -> f32 {
 fn raw_output_matches_reference_at_several_sizes() {
     let weights = weights();
     let net = YoloNet::load(&weights).expect("reference");
-    let mut fast = FastYoloPose::load(&weights, PoseOptions::default()).expect("fast");
+    let mut fasts: Vec<FastYoloPose> = isas()
+        .into_iter()
+        .map(|isa| load_fast(&weights, PoseOptions::default(), isa))
+        .collect();
     // 640x384 (default), the piste band 640x192, a wide band 1280x128, odd small ones, and
     // 1280x736, whose attention (920 positions) takes more than one GEMM K block.
     for (w, h) in [
@@ -112,14 +134,33 @@ fn raw_output_matches_reference_at_several_sizes() {
     ] {
         let chw = synthetic_chw(w, h);
         let want = net.forward_raw(&chw, w, h).expect("reference forward");
-        let got = fast.forward_raw(&chw, w, h).expect("fast forward").to_vec();
-        compare_raw(&got, &want, &format!("{w}x{h}"));
+        for fast in &mut fasts {
+            let got = fast.forward_raw(&chw, w, h).expect("fast forward").to_vec();
+            compare_raw(&got, &want, &format!("{} {w}x{h}", fast.isa()));
+        }
     }
     // Running a size again reuses the arena and gives the same result bit for bit.
     let chw = synthetic_chw(96, 160);
-    let a = fast.forward_raw(&chw, 96, 160).expect("again").to_vec();
-    let b = fast.forward_raw(&chw, 96, 160).expect("again").to_vec();
-    assert_eq!(a, b);
+    for fast in &mut fasts {
+        let a = fast.forward_raw(&chw, 96, 160).expect("again").to_vec();
+        let b = fast.forward_raw(&chw, 96, 160).expect("again").to_vec();
+        assert_eq!(a, b, "{}", fast.isa());
+    }
+}
+
+#[test]
+fn forced_isa_is_used_or_refused() {
+    let weights = weights();
+    for isa in Isa::ALL {
+        let r = FastYoloPose::load_isa(&weights, PoseOptions::default(), isa.name());
+        match r {
+            Ok(f) => assert!(isa.supported() && f.isa() == isa),
+            Err(e) => assert!(!isa.supported(), "{isa}: {e}"),
+        }
+    }
+    let auto = FastYoloPose::load_isa(&weights, PoseOptions::default(), "auto").expect("auto");
+    assert_eq!(auto.isa(), Isa::best());
+    assert!(FastYoloPose::load_isa(&weights, PoseOptions::default(), "sse9").is_err());
 }
 
 #[test]
@@ -135,15 +176,17 @@ fn fast_matches_numpy_test_vector() {
     assert_eq!(input.len(), 3 * h * w);
     let chw: Vec<f32> = input.iter().map(|&v| v as f32 / 255.0).collect();
     let expected = common::read_f32(&data("pose_vector_expected.bin"));
-    let mut fast = FastYoloPose::load(&weights(), PoseOptions::default()).expect("fast");
-    let got = fast.forward_raw(&chw, w, h).expect("forward");
-    // Same bound as the reference's own test against this vector.
-    assert_eq!(got.len(), expected.len());
-    for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
-        assert!(
-            (g - e).abs() <= 0.02 + 1e-3 * e.abs(),
-            "value {i}: fast {g} vs numpy {e}"
-        );
+    for isa in isas() {
+        let mut fast = load_fast(&weights(), PoseOptions::default(), isa);
+        let got = fast.forward_raw(&chw, w, h).expect("forward");
+        // Same bound as the reference's own test against this vector.
+        assert_eq!(got.len(), expected.len());
+        for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
+            assert!(
+                (g - e).abs() <= 0.02 + 1e-3 * e.abs(),
+                "{isa} value {i}: fast {g} vs numpy {e}"
+            );
+        }
     }
 }
 
@@ -158,8 +201,6 @@ fn persons_match_reference_after_decode() {
         iou_threshold: 0.7,
     };
     let mut reference = YoloPose::load(&weights, opts).expect("reference");
-    let mut fast = FastYoloPose::load(&weights, opts).expect("fast");
-    assert_eq!(fast.input_size(), (640, 384));
     let frame = PreparedFrame {
         width: 640,
         height: 384,
@@ -175,10 +216,18 @@ fn persons_match_reference_after_decode() {
     let want = reference
         .estimate(std::slice::from_ref(&frame))
         .expect("reference");
-    let got = fast.estimate(std::slice::from_ref(&frame)).expect("fast");
-    println!("{} persons (reference)", want[0].len());
-    assert_eq!(got[0].len(), want[0].len(), "person count");
-    for (g, e) in got[0].iter().zip(&want[0]) {
+    for isa in isas() {
+        let mut fast = load_fast(&weights, opts, isa);
+        assert_eq!(fast.input_size(), (640, 384));
+        let got = fast.estimate(std::slice::from_ref(&frame)).expect("fast");
+        println!("{isa}: {} persons (reference)", want[0].len());
+        check_persons(&got[0], &want[0]);
+    }
+}
+
+fn check_persons(got: &[referee_models::Person], want: &[referee_models::Person]) {
+    assert_eq!(got.len(), want.len(), "person count");
+    for (g, e) in got.iter().zip(want) {
         assert!(
             (g.score - e.score).abs() < 1e-3,
             "score {} vs {}",
@@ -240,8 +289,10 @@ fn sparse_head_matches_dense_at_any_threshold() {
             conf_threshold: thr,
             ..PoseOptions::default()
         };
-        let mut sparse = FastYoloPose::load(&weights, opts).expect("fast");
-        let mut dense = FastYoloPose::load(&weights, opts).expect("fast");
+        // the best level (the kernels differ per level only in the GEMM, checked above)
+        let isa = *isas().last().expect("an ISA");
+        let mut sparse = load_fast(&weights, opts, isa);
+        let mut dense = load_fast(&weights, opts, isa);
         dense.set_sparse_head(false);
         let got = sparse
             .estimate(std::slice::from_ref(&frame))

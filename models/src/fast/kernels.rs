@@ -9,29 +9,209 @@
 //! All functions taking raw pointers are `unsafe`; the safe wrappers in [`super::ops`] check
 //! every region against the arena before calling them.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 
-/// Output channels per packed weight panel (two AVX registers).
+/// Output channels per packed weight panel (two AVX registers, one AVX-512 register).
 pub const NR: usize = 16;
-/// Pixels per micro-tile.
+/// Pixels per micro-tile (AVX2 and portable).
 pub const MR: usize = 6;
+/// Pixels per AVX-512 micro-tile (two panels wide: 24 of the 32 zmm registers accumulate).
+pub const MR512: usize = 12;
 /// Largest K (reduction) block; K is split into equal blocks of at most this (a B micro-panel
 /// of up to 32 KiB). Measured on the 640x384 network: 256 and 768 were both slower.
 const KC: usize = 512;
 /// M (pixel) block: one A block of `MC x KC` floats (96 KiB) stays in L2.
 const MC: usize = 48;
 
-/// Whether the AVX2 + FMA kernels can run on this CPU (cached by std).
+/// The instruction set the fast path's kernels run on, chosen once per estimator (best
+/// available unless forced; see [`Isa::select`]). Ordered: each level may use the kernels of
+/// the levels below it (the AVX-512 path keeps the AVX2 depthwise, Winograd transforms and
+/// softmax; only the GEMM micro-kernel differs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Isa {
+    /// Scalar Rust, any CPU.
+    Portable,
+    /// AVX2 + FMA: the 6x16 GEMM micro-kernel and the vectorised depthwise, exp, softmax.
+    Avx2,
+    /// AVX-512 F: a 12x32 GEMM micro-kernel (two 16-column panels at once), the rest AVX2.
+    Avx512,
+}
+
+impl Isa {
+    /// Every level, lowest first.
+    pub const ALL: [Isa; 3] = [Isa::Portable, Isa::Avx2, Isa::Avx512];
+
+    /// The name used by `pose.isa` / `REFEREE_POSE_ISA` and printed by `referee bench pose`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Portable => "portable",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512 => "avx512",
+        }
+    }
+
+    /// Whether this CPU can run the level (cached by std's feature detection).
+    pub fn supported(self) -> bool {
+        match self {
+            Isa::Portable => true,
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => {
+                std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
+            }
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Isa::Avx2.supported() && std::is_x86_feature_detected!("avx512f"),
+            #[cfg(not(target_arch = "x86_64"))]
+            _ => false,
+        }
+    }
+
+    /// The best level this CPU runs (whose start-up self-check passes, see
+    /// [`Isa::self_check`]).
+    pub fn best() -> Isa {
+        Isa::ALL
+            .into_iter()
+            .rev()
+            .find(|i| i.supported() && i.self_check().is_ok())
+            .unwrap_or(Isa::Portable)
+    }
+
+    /// Checks the level's GEMM micro-kernel against the portable one once per process, on
+    /// every tile shape (1..=12 rows, one and two panels, masked column tails, SiLU,
+    /// residual). Only the AVX-512 level is checked: it was written on a machine without
+    /// AVX-512, so a CPU that has it verifies it before use (microseconds) instead of
+    /// trusting it blindly; [`Isa::best`] falls back to AVX2 where it fails.
+    pub fn self_check(self) -> Result<(), String> {
+        static AVX512: std::sync::OnceLock<Result<(), String>> = std::sync::OnceLock::new();
+        if self < Isa::Avx512 {
+            return Ok(());
+        }
+        if !self.supported() {
+            return Err(format!("{self}: not supported by this CPU"));
+        }
+        AVX512.get_or_init(|| gemm_self_check(self)).clone()
+    }
+
+    /// The levels this CPU runs, lowest first (what the per-ISA tests iterate).
+    pub fn available() -> Vec<Isa> {
+        Isa::ALL.into_iter().filter(|i| i.supported()).collect()
+    }
+
+    /// The level for a `pose.isa` value: `auto` (or empty) = [`Isa::best`]; a named level
+    /// this CPU lacks, or an unknown name, is an error.
+    pub fn select(name: &str) -> Result<Isa, String> {
+        let n = name.trim().to_ascii_lowercase();
+        if n.is_empty() || n == "auto" {
+            return Ok(Isa::best());
+        }
+        if n == "amx" {
+            return Err(
+                "pose.isa = amx: this build has no AMX kernels (auto picks avx512 on AMX CPUs)"
+                    .into(),
+            );
+        }
+        let isa = Isa::ALL
+            .into_iter()
+            .find(|i| i.name() == n)
+            .ok_or_else(|| {
+                format!("pose.isa = {name:?}: expected auto, amx, avx512, avx2 or portable")
+            })?;
+        if !isa.supported() {
+            return Err(format!(
+                "pose.isa = {}: this CPU lacks it (best here: {})",
+                isa.name(),
+                Isa::best().name()
+            ));
+        }
+        isa.self_check()
+            .map_err(|e| format!("pose.isa = {}: self-check failed: {e}", isa.name()))?;
+        Ok(isa)
+    }
+}
+
+/// [`Isa::self_check`]: `C = silu(A B + bias) + R` at `isa` and portable, M = 1..=12 rows
+/// (every micro-tile height), K = 19, N = 45 (a two-panel tile, then a one-panel tile with
+/// 13 of 16 columns), compared to 1e-5 relative.
+fn gemm_self_check(isa: Isa) -> Result<(), String> {
+    let (k, n) = (19usize, 45usize);
+    let val = |i: usize, salt: usize| (((i * 7919 + salt * 104_729) % 1999) as f32 / 999.5) - 1.0;
+    let w: Vec<f32> = (0..k * n).map(|i| val(i, 1)).collect();
+    let bias: Vec<f32> = (0..n).map(|i| val(i, 2)).collect();
+    let b = PackedB::pack(k, n, |kk, o| w[kk * n + o], Some(&bias));
+    for m in 1..=MR512 {
+        let a: Vec<f32> = (0..m * k).map(|i| val(i, 3 + m)).collect();
+        let res: Vec<f32> = (0..m * n).map(|i| val(i, 5)).collect();
+        let ldc = n + 3;
+        let mut got = vec![f32::NAN; m * ldc];
+        let mut want = vec![f32::NAN; m * ldc];
+        for (isa, out) in [(isa, &mut got), (Isa::Portable, &mut want)] {
+            let epi = Epilogue {
+                silu: true,
+                residual: Some((res.as_ptr(), n)),
+            };
+            let src = ASrc::Direct {
+                ptr: a.as_ptr(),
+                ld: k,
+            };
+            // SAFETY: A is m x k, B k x n, C m rows of ldc >= n, the residual m x n and
+            // disjoint from C; `isa` is supported (checked by the caller).
+            unsafe { gemm_rows(isa, 0, m, src, &b, out.as_mut_ptr(), ldc, epi) };
+        }
+        for i in 0..m * ldc {
+            let (g, e) = (got[i], want[i]);
+            let ok = if i % ldc < n {
+                (g - e).abs() <= 1e-5 * (1.0 + e.abs())
+            } else {
+                g.is_nan()
+            };
+            if !ok {
+                return Err(format!(
+                    "{isa} GEMM m {m} row {} col {}: {g} vs portable {e}",
+                    i / ldc,
+                    i % ldc
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+impl std::fmt::Display for Isa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+thread_local! {
+    /// The level kernels on this thread use (`None`: [`Isa::best`]); set by [`with_isa`].
+    static ISA: Cell<Option<Isa>> = const { Cell::new(None) };
+}
+
+/// The level the kernels called on this thread use: the estimator's while it loads or runs a
+/// forward (see [`with_isa`]), else the best available. Parallel kernels read it on the
+/// calling thread and hand it to their chunks (team helpers do not see it).
+#[inline]
+pub fn current_isa() -> Isa {
+    ISA.with(Cell::get).unwrap_or_else(Isa::best)
+}
+
+/// Runs `f` with the kernels on this thread at `isa` (which must be [`Isa::supported`]).
+pub fn with_isa<R>(isa: Isa, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Isa>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ISA.with(|c| c.set(self.0));
+        }
+    }
+    debug_assert!(isa.supported());
+    let _restore = Restore(ISA.with(|c| c.replace(Some(isa))));
+    f()
+}
+
+/// Whether the AVX2 + FMA kernels may run: the current level (see [`current_isa`]) is AVX2
+/// or above, which implies the CPU has them.
 #[inline]
 pub fn has_avx2() -> bool {
-    #[cfg(target_arch = "x86_64")]
-    {
-        std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma")
-    }
-    #[cfg(not(target_arch = "x86_64"))]
-    {
-        false
-    }
+    current_isa() >= Isa::Avx2
 }
 
 /// Weights `B[k x n]` packed as panels of 16 (`NR`) columns: panel `p` holds rows `0..k` of columns
@@ -314,36 +494,34 @@ pub unsafe fn gemm(m: usize, a: ASrc, b: &PackedB, c: *mut f32, ldc: usize, epi:
     let a = SendPtr(a);
     let c = SendPtr(c);
     let epi = SendPtr(epi);
-    par_rows(m, MR, flops, |lo, hi| {
+    let isa = current_isa();
+    par_rows(m, isa.mr(), flops, |lo, hi| {
         let (a, c, epi) = (a, c, epi);
-        // SAFETY: rows lo..hi of C are written by this chunk only; the caller vouches for the rest.
-        unsafe { gemm_rows(lo, hi, a.0, b, c.0, ldc, epi.0) }
+        // SAFETY: rows lo..hi of C are written by this chunk only; the caller vouches for the
+        // rest; `isa` is the current level, which is supported.
+        unsafe { gemm_rows(isa, lo, hi, a.0, b, c.0, ldc, epi.0) }
     });
 }
 
-/// Rows `m0..m1` of [`gemm`], on the calling thread.
-///
-/// # Safety
-/// As [`gemm`].
-pub(crate) unsafe fn gemm_rows(
-    m0: usize,
-    m1: usize,
-    a: ASrc,
-    b: &PackedB,
-    c: *mut f32,
-    ldc: usize,
-    epi: Epilogue,
-) {
-    gemm_rows_on(has_avx2(), m0, m1, a, b, c, ldc, epi)
+impl Isa {
+    /// Rows per GEMM micro-tile at this level.
+    pub(crate) fn mr(self) -> usize {
+        if self >= Isa::Avx512 {
+            MR512
+        } else {
+            MR
+        }
+    }
 }
 
-/// [`gemm_rows`] on the AVX2 micro-kernel (`avx`; only where [`has_avx2`]) or the scalar one.
+/// Rows `m0..m1` of [`gemm`], on the calling thread, on the micro-kernel of `isa` (the
+/// scalar one for [`Isa::Portable`]).
 ///
 /// # Safety
-/// As [`gemm`]; `avx` only where [`has_avx2`].
+/// As [`gemm`]; `isa` must be [`Isa::supported`].
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm_rows_on(
-    avx: bool,
+pub(crate) unsafe fn gemm_rows(
+    isa: Isa,
     m0: usize,
     m1: usize,
     a: ASrc,
@@ -354,6 +532,7 @@ unsafe fn gemm_rows_on(
 ) {
     let k = b.k;
     let panels = b.n.div_ceil(NR);
+    let (mr, pstep) = (isa.mr(), if isa >= Isa::Avx512 { 2 } else { 1 });
     IM2COL_BUF.with(|buf| {
         let mut buf = buf.borrow_mut();
         if matches!(a, ASrc::Im2col(_)) && buf.len() < MC * KC {
@@ -386,19 +565,27 @@ unsafe fn gemm_rows_on(
                         (buf.as_ptr(), kc)
                     }
                 };
-                for p in 0..panels {
-                    let nvalid = NR.min(b.n - p * NR);
+                let mut p = 0;
+                while p < panels {
+                    // AVX-512 tiles span two panels (32 columns) where two are left.
+                    let np = pstep.min(panels - p);
+                    let nvalid = (np * NR).min(b.n - p * NR);
                     let bp = b.data.as_ptr().add(p * k * NR + k0 * NR);
                     let bias = b.bias.as_ptr().add(p * NR);
                     let mut mt = 0;
                     while mt < mc {
-                        let r = MR.min(mc - mt);
+                        let r = mr.min(mc - mt);
                         let row = mb + mt;
                         let t = Tile {
                             k: kc,
                             a: ap.add(mt * lda),
                             lda,
                             b: bp,
+                            b2: if np == 2 {
+                                bp.add(k * NR)
+                            } else {
+                                std::ptr::null()
+                            },
                             c: c.add(row * ldc + p * NR),
                             ldc,
                             nvalid,
@@ -410,9 +597,10 @@ unsafe fn gemm_rows_on(
                                 .residual
                                 .map(|(rp, ldr)| (rp.add(row * ldr + p * NR), ldr)),
                         };
-                        tile_dispatch(avx, r, &t);
+                        tile_dispatch(isa, r, np, &t);
                         mt += r;
                     }
+                    p += np;
                 }
                 mb += mc;
             }
@@ -493,12 +681,14 @@ unsafe fn copy_small(src: *const f32, dst: *mut f32, n: usize) {
     }
 }
 
-/// One micro-tile: `r <= MR` rows x one panel.
+/// One micro-tile: `r <= MR` rows x one panel (AVX-512: `r <= MR512` rows x one or two).
 pub(crate) struct Tile {
     k: usize,
     a: *const f32,
     lda: usize,
     b: *const f32,
+    /// The next panel's rows (same `k` range), for two-panel tiles; null otherwise.
+    b2: *const f32,
     c: *mut f32,
     ldc: usize,
     nvalid: usize,
@@ -510,11 +700,40 @@ pub(crate) struct Tile {
 }
 
 /// # Safety
-/// `t` must describe valid memory for `r` rows.
+/// `t` must describe valid memory for `r` rows and `np` panels (`np == 2` only at
+/// [`Isa::Avx512`]); `isa` supported.
 #[inline]
-unsafe fn tile_dispatch(avx: bool, r: usize, t: &Tile) {
+unsafe fn tile_dispatch(isa: Isa, r: usize, np: usize, t: &Tile) {
     #[cfg(target_arch = "x86_64")]
-    if avx {
+    if isa >= Isa::Avx512 {
+        macro_rules! rows {
+            ($p:literal) => {
+                match r {
+                    12 => avx512::tile::<12, $p>(t),
+                    11 => avx512::tile::<11, $p>(t),
+                    10 => avx512::tile::<10, $p>(t),
+                    9 => avx512::tile::<9, $p>(t),
+                    8 => avx512::tile::<8, $p>(t),
+                    7 => avx512::tile::<7, $p>(t),
+                    6 => avx512::tile::<6, $p>(t),
+                    5 => avx512::tile::<5, $p>(t),
+                    4 => avx512::tile::<4, $p>(t),
+                    3 => avx512::tile::<3, $p>(t),
+                    2 => avx512::tile::<2, $p>(t),
+                    _ => avx512::tile::<1, $p>(t),
+                }
+            };
+        }
+        if np == 2 {
+            rows!(2)
+        } else {
+            rows!(1)
+        }
+        return;
+    }
+    let _ = np;
+    #[cfg(target_arch = "x86_64")]
+    if isa >= Isa::Avx2 {
         match r {
             6 => avx::tile::<6>(t),
             5 => avx::tile::<5>(t),
@@ -525,7 +744,6 @@ unsafe fn tile_dispatch(avx: bool, r: usize, t: &Tile) {
         }
         return;
     }
-    let _ = avx;
     tile_scalar(r, t);
 }
 
@@ -1112,6 +1330,124 @@ pub(crate) mod avx {
     }
 }
 
+/// The AVX-512 GEMM micro-kernel (the rest of the AVX-512 level reuses [`avx`]).
+///
+/// The AVX-512 intrinsics and `target_feature(enable = "avx512f")` are stable since Rust
+/// 1.89, above the workspace's declared MSRV (1.87): this module needs 1.89 to build.
+#[cfg(target_arch = "x86_64")]
+#[allow(clippy::incompatible_msrv)]
+pub(crate) mod avx512 {
+    use super::{Tile, NR};
+    use std::arch::x86_64::*;
+
+    /// x * sigmoid(x), the same formula as [`super::avx::silu8`] on 16 lanes: e^-x as
+    /// 2^round(t) * p(f) (the degree-5 polynomial there), then x / (1 + e^-x) through
+    /// `rcp14` and one Newton step (relative error ~1e-7).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn silu16(x: __m512) -> __m512 {
+        let t = _mm512_mul_ps(x, _mm512_set1_ps(-std::f32::consts::LOG2_E));
+        let t = _mm512_min_ps(
+            _mm512_max_ps(t, _mm512_set1_ps(-125.0)),
+            _mm512_set1_ps(126.0),
+        );
+        let n = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(t);
+        let f = _mm512_sub_ps(t, n);
+        let f2 = _mm512_mul_ps(f, f);
+        let a = _mm512_fmadd_ps(f, _mm512_set1_ps(0.693_146_94), _mm512_set1_ps(1.000_000_1));
+        let b = _mm512_fmadd_ps(
+            f,
+            _mm512_set1_ps(0.055_507_13),
+            _mm512_set1_ps(0.240_221_22),
+        );
+        let c = _mm512_fmadd_ps(
+            f,
+            _mm512_set1_ps(0.001_327_628),
+            _mm512_set1_ps(0.009_675_476),
+        );
+        let f4 = _mm512_mul_ps(f2, f2);
+        let p = _mm512_fmadd_ps(c, f4, _mm512_fmadd_ps(b, f2, a));
+        // p is in [0.70, 1.42] and n in [-125, 126]: the sum stays a normal float.
+        let e = _mm512_slli_epi32::<23>(_mm512_cvtps_epi32(n));
+        let e = _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(p), e));
+        // d is in [1, 1 + 2^126]: no zero, no overflow.
+        let d = _mm512_add_ps(_mm512_set1_ps(1.0), e);
+        let r = _mm512_rcp14_ps(d);
+        let r = _mm512_mul_ps(r, _mm512_fnmadd_ps(d, r, _mm512_set1_ps(2.0)));
+        _mm512_mul_ps(x, r)
+    }
+
+    /// Lane mask of the first `n.min(16)` columns.
+    #[inline]
+    fn mask(n: usize) -> __mmask16 {
+        if n >= 16 {
+            0xffff
+        } else {
+            ((1u32 << n) - 1) as __mmask16
+        }
+    }
+
+    /// R x (16 P) micro-kernel, P = 1 or 2 panels: R*P accumulators, A broadcast from R row
+    /// streams, B from one or two panels; the epilogue (C reload, bias, SiLU, residual) uses
+    /// lane masks for the last `nvalid` columns.
+    ///
+    /// # Safety
+    /// AVX-512 F present; `t` describes valid memory for R rows (A: R rows of `k`, B: `k x 16`
+    /// at `t.b` and, for P = 2, at `t.b2`; C/residual: R rows of `nvalid <= 16 P`; bias:
+    /// 16 P floats).
+    #[inline]
+    #[target_feature(enable = "avx512f")]
+    pub unsafe fn tile<const R: usize, const P: usize>(t: &Tile) {
+        let mut acc = [[_mm512_setzero_ps(); P]; R];
+        let mut ap = [t.a; R];
+        for (i, p) in ap.iter_mut().enumerate() {
+            *p = t.a.add(i * t.lda);
+        }
+        let (mut b, mut b2) = (t.b, t.b2);
+        for kk in 0..t.k {
+            let b0 = _mm512_loadu_ps(b);
+            let b1 = if P == 2 { _mm512_loadu_ps(b2) } else { b0 };
+            for i in 0..R {
+                let av = _mm512_set1_ps(*ap[i].add(kk));
+                acc[i][0] = _mm512_fmadd_ps(av, b0, acc[i][0]);
+                if P == 2 {
+                    acc[i][P - 1] = _mm512_fmadd_ps(av, b1, acc[i][P - 1]);
+                }
+            }
+            b = b.add(NR);
+            if P == 2 {
+                b2 = b2.add(NR);
+            }
+        }
+        let mut masks = [0 as __mmask16; P];
+        let mut bias = [_mm512_setzero_ps(); P];
+        for j in 0..P {
+            masks[j] = mask(t.nvalid.saturating_sub(j * NR));
+            bias[j] = _mm512_loadu_ps(t.bias.add(j * NR));
+        }
+        for (i, row) in acc.iter().enumerate() {
+            let crow = t.c.add(i * t.ldc);
+            for j in 0..P {
+                let (m, cp) = (masks[j], crow.add(j * NR));
+                let mut v = row[j];
+                if !t.first {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, cp));
+                }
+                if t.last {
+                    v = _mm512_add_ps(v, bias[j]);
+                    if t.silu {
+                        v = silu16(v);
+                    }
+                    if let Some((rp, ldr)) = t.res {
+                        v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, rp.add(i * ldr + j * NR)));
+                    }
+                }
+                _mm512_mask_storeu_ps(cp, m, v);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1189,28 +1525,22 @@ mod tests {
                 planar: false,
             })
         };
-        for avx in [false, true] {
-            if avx && !has_avx2() {
-                continue;
-            }
+        for isa in Isa::available() {
             out.fill(f32::NAN);
             let epi = Epilogue {
                 silu: silu_on,
                 residual: None,
             };
-            if avx {
-                // SAFETY: all buffers sized for the geometry above.
-                unsafe { gemm(oh * ow, a, &b, out.as_mut_ptr(), ldc, epi) };
-            } else {
-                // SAFETY: as above; the scalar tiles on one thread.
-                unsafe { gemm_rows_on(false, 0, oh * ow, a, &b, out.as_mut_ptr(), ldc, epi) };
-            }
+            // SAFETY: all buffers sized for the geometry above; the level is available.
+            with_isa(isa, || unsafe {
+                gemm(oh * ow, a, &b, out.as_mut_ptr(), ldc, epi)
+            });
             for p in 0..oh * ow {
                 for o in 0..co {
                     let (g, e) = (out[p * ldc + o], want[p * co + o]);
                     assert!(
                         (g - e).abs() <= 1e-4 + 1e-4 * e.abs(),
-                        "avx={avx} pixel {p} ch {o}: {g} vs {e}"
+                        "{isa} pixel {p} ch {o}: {g} vs {e}"
                     );
                 }
                 for o in co..ldc {
@@ -1221,10 +1551,30 @@ mod tests {
     }
 
     #[test]
+    fn isa_self_check_passes_on_every_available_level() {
+        for isa in Isa::available() {
+            assert_eq!(isa.self_check(), Ok(()), "{isa}");
+            // the checker itself, run on the levels it does not guard
+            assert_eq!(gemm_self_check(isa), Ok(()), "{isa}");
+        }
+        assert_eq!(Isa::select("auto"), Ok(Isa::best()));
+        assert!(Isa::select("amx").is_err());
+        assert!(Isa::select("neon").is_err());
+        assert_eq!(Isa::select(" Portable "), Ok(Isa::Portable));
+        for isa in Isa::ALL {
+            assert_eq!(Isa::select(isa.name()).is_ok(), isa.supported(), "{isa}");
+        }
+    }
+
+    #[test]
     fn gemm_1x1_odd_sizes() {
         check_conv(7, 5, 13, 21, 1, 1, true);
         check_conv(3, 3, 1, 1, 1, 1, false);
         check_conv(11, 9, 600, 40, 1, 1, true); // K > KC, M > MC
+                                                // every AVX-512 tile shape: rows 1..=12 (M = 13 * 5), one and two panels, masked tails
+        check_conv(13, 5, 40, 64, 1, 1, true);
+        check_conv(13, 5, 40, 48, 1, 1, false);
+        check_conv(1, 7, 9, 33, 1, 1, true);
     }
 
     #[test]
@@ -1338,12 +1688,18 @@ mod tests {
         }
         // k = 1100 > KC: the in-place residual must survive the K blocking (it did not, which
         // broke attention at inputs of 1280x704 and larger).
-        for (m, k, n) in [(50, 20, 24), (20, 1100, 24)] {
+        for (m, k, n) in [(50, 20, 24), (20, 1100, 24), (37, 70, 45)] {
             gemm_residual_in_place_case(m, k, n);
         }
     }
 
     fn gemm_residual_in_place_case(m: usize, k: usize, n: usize) {
+        for isa in Isa::available() {
+            with_isa(isa, || gemm_residual_in_place_on(m, k, n));
+        }
+    }
+
+    fn gemm_residual_in_place_on(m: usize, k: usize, n: usize) {
         let a = rand_vec(m * k, 5);
         let w = rand_vec(k * n, 6);
         let b = PackedB::pack(k, n, |kk, o| w[kk * n + o], None);
@@ -1527,7 +1883,7 @@ mod bench {
             for _ in 0..reps {
                 let t0 = Instant::now();
                 // SAFETY: sizes match the buffers.
-                unsafe { gemm_rows(0, m, src, &b, c.as_mut_ptr(), n, epi) };
+                unsafe { gemm_rows(current_isa(), 0, m, src, &b, c.as_mut_ptr(), n, epi) };
                 best = best.min(t0.elapsed().as_secs_f64());
             }
             println!(

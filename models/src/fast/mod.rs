@@ -7,8 +7,9 @@
 //!   has been seen); concats and splits are channel slices of shared buffers, never copies;
 //! - every dense conv is one GEMM (1x1 in place, k x k through an implicit, cache-blocked
 //!   im2col, stride-1 3x3 through Winograd F(2x2, 3x3)) on an AVX2/FMA 6x16 micro-kernel with
-//!   bias + SiLU (a short-chain vectorised exp) + residual fused into the epilogue; a scalar
-//!   kernel runs where AVX2 is missing; the first layer reads the CHW input directly;
+//!   bias + SiLU (a short-chain vectorised exp) + residual fused into the epilogue; a 12x32
+//!   AVX-512 micro-kernel where the CPU has AVX-512 F, a scalar one where AVX2 is missing
+//!   (the level is chosen once at load, [`Isa`]); the first layer reads the CHW input directly;
 //! - a depthwise 3x3 kernel vectorised over channels; attention as two GEMMs and a
 //!   vectorised softmax;
 //! - a sparse head in [`PoseEstimator::estimate`]: the class branch runs first and the box and
@@ -33,7 +34,7 @@ mod winograd;
 use std::path::Path;
 use std::time::Instant;
 
-pub use kernels::PackedB;
+pub use kernels::{Isa, PackedB};
 pub use ops::{Kind, OpRecord, Profile, KIND_NAMES, STAGE_NAMES};
 
 use crate::{decode_raw, ModelError, Person, PoseError, PoseEstimator, PoseOptions, PreparedFrame};
@@ -49,21 +50,51 @@ pub struct FastYoloPose {
     team: team::Team,
     /// Head boxes/keypoints only where the class score passes (see [`FastYoloPose::set_sparse_head`]).
     sparse_head: bool,
+    /// The kernels' instruction set, chosen at load.
+    isa: Isa,
 }
 
 impl FastYoloPose {
-    /// Loads converted safetensors weights (YOLO11-pose only).
+    /// Loads converted safetensors weights (YOLO11-pose only), on the best instruction set
+    /// this CPU has ([`Isa::best`]).
     pub fn load(weights: &Path, opts: PoseOptions) -> Result<Self, ModelError> {
+        Self::load_on(weights, opts, Isa::best())
+    }
+
+    /// [`FastYoloPose::load`] on the instruction set a `pose.isa` value names (`auto`,
+    /// `avx512`, `avx2`, `portable`); one this CPU lacks is an error.
+    pub fn load_isa(weights: &Path, opts: PoseOptions, isa: &str) -> Result<Self, ModelError> {
+        Self::load_on(weights, opts, Isa::select(isa).map_err(ModelError::Input)?)
+    }
+
+    /// [`FastYoloPose::load`] on `isa`, which must be [`Isa::supported`].
+    pub fn load_on(weights: &Path, opts: PoseOptions, isa: Isa) -> Result<Self, ModelError> {
         check_size(opts.input_width, opts.input_height)?;
+        if !isa.supported() {
+            return Err(ModelError::Input(format!(
+                "pose ISA {isa}: this CPU lacks it (best here: {})",
+                Isa::best()
+            )));
+        }
+        isa.self_check().map_err(ModelError::Input)?;
+        // The level decides at load which kernels the layers get (Winograd needs AVX2).
+        let net = kernels::with_isa(isa, || net::FastNet::load(weights))?;
+        tracing::debug!(isa = isa.name(), "fast pose path loaded");
         Ok(Self {
-            net: net::FastNet::load(weights)?,
+            net,
             opts,
             arena: ops::Arena::default(),
             scratch: net::Scratch::default(),
             raw: Vec::new(),
             team: new_team(0)?,
             sparse_head: true,
+            isa,
         })
+    }
+
+    /// The instruction set the kernels run on.
+    pub fn isa(&self) -> Isa {
+        self.isa
     }
 
     /// Options in use.
@@ -158,7 +189,7 @@ impl FastYoloPose {
             net::decode_timed(arena, &outs, min_logit, raw);
             Ok(())
         };
-        team::install(&self.team, work)?;
+        kernels::with_isa(self.isa, || team::install(&self.team, work))?;
         self.arena.prof.total_s = t0.elapsed().as_secs_f64();
         Ok(())
     }

@@ -80,8 +80,9 @@ thread_local! {
 }
 
 /// Tiles per block: the block's V and M (16 x tiles x (ci + co) floats) stay within ~384 KiB.
-fn block_tiles(ci: usize, co: usize) -> usize {
-    ((24576 / (ci + co).max(1)) / 6 * 6).clamp(6, 96)
+/// A multiple of the micro-tile height `mr`.
+fn block_tiles(ci: usize, co: usize, mr: usize) -> usize {
+    ((24576 / (ci + co).max(1)) / mr * mr).clamp(mr, 96)
 }
 
 /// Stride-1, pad-1 3x3 convolution `dst = act(conv(src) + bias) + residual`.
@@ -107,8 +108,10 @@ pub unsafe fn conv3x3(
     // Blocks small enough that every thread gets a few (small maps have fewer tiles than
     // one cache-sized block), never below one micro-tile height.
     let threads = super::team::current_threads();
-    let per_thread = tiles.div_ceil(4 * threads).div_ceil(6) * 6;
-    let tb = block_tiles(wt.cip, wt.cop).min(per_thread.max(6));
+    let isa = kernels::current_isa();
+    let mr = isa.mr();
+    let per_thread = tiles.div_ceil(4 * threads).div_ceil(mr) * mr;
+    let tb = block_tiles(wt.cip, wt.cop, mr).min(per_thread.max(mr));
     let flops = 2.0 * (tiles * 16 * wt.cip * wt.cop) as f64;
     let (s, d, e) = (SendPtr(src), SendPtr(dst), SendPtr(epi));
     kernels::par_rows(tiles, tb, flops, |lo, hi| {
@@ -127,7 +130,11 @@ pub unsafe fn conv3x3(
                 let n = tb.min(hi - t0);
                 // SAFETY: the caller vouches for src/dst/residual; the scratch slices are sized
                 // for n <= tb tiles above.
-                unsafe { block(s.0, lds, h, w, tw, wt, d.0, ldd, e.0, t0, n, v, m, dtile) };
+                unsafe {
+                    block(
+                        isa, s.0, lds, h, w, tw, wt, d.0, ldd, e.0, t0, n, v, m, dtile,
+                    )
+                };
                 t0 += n;
             }
         });
@@ -137,10 +144,11 @@ pub unsafe fn conv3x3(
 /// Input transform, 16 GEMMs and output transform for tiles `t0..t0+n`.
 ///
 /// # Safety
-/// As [`conv3x3`]; AVX2/FMA present; `v` holds `n*16*cip`, `m` `n*16*cop` and `dtile`
-/// `16*cip` floats.
+/// As [`conv3x3`]; AVX2/FMA present and `isa` (the GEMM's level, at least AVX2) supported;
+/// `v` holds `n*16*cip`, `m` `n*16*cop` and `dtile` `16*cip` floats.
 #[allow(clippy::too_many_arguments)]
 unsafe fn block(
+    isa: kernels::Isa,
     src: *const f32,
     lds: usize,
     h: usize,
@@ -186,7 +194,16 @@ unsafe fn block(
             ptr: v.as_ptr().add(xi * cip),
             ld: 16 * cip,
         };
-        kernels::gemm_rows(0, n, a, u, m.as_mut_ptr().add(xi * cop), 16 * cop, none);
+        kernels::gemm_rows(
+            isa,
+            0,
+            n,
+            a,
+            u,
+            m.as_mut_ptr().add(xi * cop),
+            16 * cop,
+            none,
+        );
     }
     for t in 0..n {
         let tile = t0 + t;
@@ -424,17 +441,26 @@ mod tests {
                 silu,
                 residual: Some((resw.as_ptr(), ldd)),
             };
-            // SAFETY: buffers sized for the geometry; residual disjoint from the output.
-            unsafe { conv3x3(x.as_ptr(), ci, h, w, &ww, got.as_mut_ptr(), ldd, epi) };
-            for p in 0..h * w {
-                for o in 0..co {
-                    let (g, e) = (got[p * ldd + o], want[p * co + o]);
-                    assert!(
-                        (g - e).abs() <= 1e-4 + 1e-4 * e.abs(),
-                        "{h}x{w}x{ci}->{co} pixel {p} ch {o}: {g} vs {e}"
-                    );
+            for isa in kernels::Isa::available() {
+                if isa < kernels::Isa::Avx2 {
+                    continue;
                 }
-                assert!(got[p * ldd + co].is_nan(), "wrote past the channels");
+                got.fill(f32::NAN);
+                // SAFETY: buffers sized for the geometry; residual disjoint from the output;
+                // the level is available and at least AVX2 (what `supported` asks).
+                kernels::with_isa(isa, || unsafe {
+                    conv3x3(x.as_ptr(), ci, h, w, &ww, got.as_mut_ptr(), ldd, epi)
+                });
+                for p in 0..h * w {
+                    for o in 0..co {
+                        let (g, e) = (got[p * ldd + o], want[p * co + o]);
+                        assert!(
+                            (g - e).abs() <= 1e-4 + 1e-4 * e.abs(),
+                            "{isa}: {h}x{w}x{ci}->{co} pixel {p} ch {o}: {g} vs {e}"
+                        );
+                    }
+                    assert!(got[p * ldd + co].is_nan(), "wrote past the channels");
+                }
             }
         }
     }

@@ -56,6 +56,10 @@ pub struct Args {
     /// Threads of the fast path (0: one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Instruction set of the fast path: auto, avx512, avx2 or portable (default: the
+    /// REFEREE_POSE_ISA environment variable, else auto = the best this CPU has).
+    #[arg(long)]
+    isa: Option<String>,
 }
 
 fn parse_band(s: &str) -> Result<(usize, usize), String> {
@@ -239,7 +243,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             .take(frames_wanted)
             .collect();
         let load_before = load_avg();
-        let mut fast = FastYoloPose::load(&weights, opts)
+        let isa = args
+            .isa
+            .clone()
+            .or_else(|| std::env::var("REFEREE_POSE_ISA").ok())
+            .unwrap_or_default();
+        let mut fast = FastYoloPose::load_isa(&weights, opts, &isa)
             .with_context(|| format!("loading {}", weights.display()))?;
         fast.set_threads(args.threads)?;
         let mut prof = Profile::default();
@@ -274,6 +283,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         if args.json {
             let mut j = serde_json::json!({
                 "size": format!("{w}x{h}"),
+                "isa": fast.isa().name(),
                 "band": band,
                 "fast_ms": r2(fast_ms),
                 "fast_min_ms": r2(fast_min),
@@ -319,6 +329,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 band.map(|b| format!(" band {b}")).unwrap_or_default(),
                 prepared.len()
             );
+            println!("  isa       {}", fast.isa());
             println!(
                 "  fast      {fast_ms:7.1} ms median, {fast_min:7.1} min  {gflops:5.1} GFLOP/s ({:.2} GFLOP/frame), {:.2} persons/frame",
                 flops / 1e9,
