@@ -129,7 +129,13 @@ pub struct PoseSettings {
     pub threads: usize,
     /// Pose workers, each inferring whole frames in parallel with the others; 0 = one per core.
     pub workers: usize,
+    /// Instruction set of the fast pose path: `auto` (the best the CPU has) or one of
+    /// [`POSE_ISAS`] forced (an error at start-up where the CPU lacks it).
+    pub isa: String,
 }
+
+/// The values of `pose.isa` besides `auto`, best first.
+pub const POSE_ISAS: [&str; 4] = ["amx", "avx512", "avx2", "portable"];
 
 /// Fisheye correction defaults (an agent's hint may be overridden by these).
 #[derive(Debug, Clone, PartialEq)]
@@ -412,6 +418,20 @@ pub const KEYS: &[KeyInfo] = &[
         default 0, 0..=1024, "(0 = the cores divided among the workers)"),
     int_key!(pose.workers: usize, "REFEREE_POSE_WORKERS",
         default 0, 0..=64, "(0 = one per core)"),
+    KeyInfo {
+        key: "pose.isa",
+        env: "REFEREE_POSE_ISA",
+        default: "auto",
+        allowed: "auto, amx, avx512, avx2 or portable (auto = the best this CPU has)",
+        set: |s, v| {
+            let isa = v.text()?.trim().to_ascii_lowercase();
+            if isa != "auto" && !POSE_ISAS.contains(&isa.as_str()) {
+                return Err(Bad);
+            }
+            s.pose.isa = isa;
+            Ok(())
+        },
+    },
     KeyInfo {
         key: "fisheye.enabled",
         env: "REFEREE_FISHEYE_ENABLED",
@@ -884,6 +904,7 @@ impl Settings {
                 piste_band: (0.0, 0.0),
                 threads: 0,
                 workers: 0,
+                isa: String::new(),
             },
             fisheye: FisheyeSettings {
                 enabled: false,
@@ -994,6 +1015,7 @@ mod tests {
                 piste_band: (0.5, 0.5),
                 threads: 1,
                 workers: 1,
+                isa: "x".into(),
             },
             fisheye: FisheyeSettings {
                 enabled: true,

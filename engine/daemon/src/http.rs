@@ -110,6 +110,8 @@ struct StatusDoc {
     version: &'static str,
     uptime_s: f64,
     server: ServerInfo,
+    /// Instruction set of the fast pose path (`pose.isa`), once loaded.
+    pose_isa: Option<&'static str>,
     sessions: Vec<SessionDoc>,
     queues: std::collections::BTreeMap<String, usize>,
     in_flight: usize,
@@ -212,6 +214,7 @@ async fn status(State(s): State<HttpState>) -> Json<StatusDoc> {
         version: env!("CARGO_PKG_VERSION"),
         uptime_s: s.started.elapsed().as_secs_f64(),
         server: (*s.info).clone(),
+        pose_isa: crate::pose::pose_isa(),
         streaming_stats: StreamingStats {
             active_sessions: sessions.len(),
             max_sessions: cfg.max_sessions,

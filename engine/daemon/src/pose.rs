@@ -70,14 +70,30 @@ pub fn load_estimators(
     };
     let (workers, threads) = pose_parallelism(s);
     let mut estimators: Vec<Box<dyn PoseEstimator>> = Vec::new();
+    let mut isa = None;
     for _ in 0..workers {
         let mut model =
-            referee_models::fast::FastYoloPose::load(&weights, pose_options(s)).map_err(err)?;
+            referee_models::fast::FastYoloPose::load_isa(&weights, pose_options(s), &s.pose.isa)
+                .map_err(err)?;
         model.set_threads(threads).map_err(err)?;
+        isa = Some(model.isa());
         estimators.push(Box::new(model));
     }
-    tracing::info!(workers, threads, "pose workers");
+    if let Some(isa) = isa {
+        // the first daemon in the process sets it (one configuration per process)
+        let _ = POSE_ISA.set(isa.name());
+    }
+    let isa = isa.map_or("none", |i| i.name());
+    tracing::info!(workers, threads, isa, requested = %s.pose.isa, "pose workers");
     Ok((estimators, model_name(&weights)))
+}
+
+/// The instruction set the fast pose path was loaded on (`pose.isa`), shown on /status.
+static POSE_ISA: std::sync::OnceLock<&'static str> = std::sync::OnceLock::new();
+
+/// The fast pose path's instruction set, once [`load_estimators`] has run.
+pub fn pose_isa() -> Option<&'static str> {
+    POSE_ISA.get().copied()
 }
 
 /// The unoptimised reference estimator (for checks and comparisons), and the model name.
