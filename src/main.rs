@@ -34,6 +34,8 @@ enum Command {
     Model(cmd::model::Args),
     /// Subscribe to a daemon's progressive verdict feed and print events.
     Feed(cmd::feed::Args),
+    /// List the tournament's pistes and the daemons serving them (NATS piste registry).
+    Pistes(cmd::pistes::Args),
     /// Benchmarks that print figures (pose, transport, analyze, end-to-end).
     Bench(cmd::bench::Args),
     /// Start a local daemon, stream the sample clip through it and print the verdict.
@@ -51,6 +53,7 @@ fn main() -> anyhow::Result<()> {
         Command::Pose(a) => cmd::pose::run(a),
         Command::Model(a) => cmd::model::run(a),
         Command::Feed(a) => cmd::feed::run(a),
+        Command::Pistes(a) => cmd::pistes::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Demo(a) => cmd::demo::run(a),
     }

@@ -22,10 +22,25 @@ use std::time::{Duration, Instant};
 #[derive(Parser, Debug)]
 #[command(name = "referee-capture", version, about)]
 #[command(group(ArgGroup::new("source").required(true).args(["video", "camera", "images", "synthetic"])))]
-#[command(mut_group(TrustArgs::GROUP, |g| g.required(true)))]
+#[command(mut_group(TrustArgs::GROUP, |g| g.required(true).arg("trust_registry")))]
 struct Cli {
-    /// Daemon address, HOST:PORT (port 4433 when omitted), e.g. 127.0.0.1:4433.
-    server: String,
+    /// Daemon address, HOST:PORT (port 4433 when omitted), e.g. 127.0.0.1:4433. With --nats it
+    /// is the fallback used when NATS cannot be asked.
+    #[arg(required_unless_present = "nats")]
+    server: Option<String>,
+    /// Find the daemon serving --piste in this NATS's piste registry (tournament mode).
+    #[arg(long, value_name = "URL")]
+    nats: Option<String>,
+    /// NATS token file (with --nats).
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    nats_token_file: Option<PathBuf>,
+    /// NATS credentials file (with --nats).
+    #[arg(long, value_name = "FILE", requires = "nats")]
+    nats_credentials: Option<PathBuf>,
+    /// Pin the certificate fingerprint the NATS registry gives for the piste (instead of
+    /// --server-fingerprint/--ca): only as safe as write access to that NATS.
+    #[arg(long, requires = "nats")]
+    trust_registry: bool,
 
     /// Stream a video file (MP4/H.264 natively, other formats through ffmpeg).
     #[arg(long, value_name = "FILE")]
@@ -157,9 +172,60 @@ fn resolve(server: &str) -> anyhow::Result<(SocketAddr, String)> {
     Ok((addr, host))
 }
 
+/// The daemon to stream to: from the NATS registry with --nats (falling back to SERVER when
+/// NATS fails and SERVER is given), else SERVER; and how to trust it.
+fn locate(cli: &Cli) -> anyhow::Result<(SocketAddr, String, referee_transport::Trust)> {
+    let given = |server: &str| -> anyhow::Result<_> {
+        let (addr, host) = resolve(server)?;
+        let trust = cli.trust.trust(addr)?;
+        Ok((addr, host, trust))
+    };
+    let Some(url) = &cli.nats else {
+        return given(cli.server.as_deref().unwrap_or_default());
+    };
+    let args = referee_nats::ConnectArgs {
+        url: url.clone(),
+        token_file: cli.nats_token_file.clone(),
+        credentials_file: cli.nats_credentials.clone(),
+        tls_ca: None,
+        name: format!("referee-capture piste {}", cli.piste),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let found = rt.block_on(referee_capture::discover::find_daemon(
+        &args,
+        &cli.piste,
+        Duration::from_secs(10),
+    ));
+    let entry = match (found, &cli.server) {
+        (Ok(e), _) => e,
+        (Err(e), Some(server)) => {
+            eprintln!("NATS registry: {e:#}; using the given address {server}");
+            return given(server);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    let addr = referee_capture::discover::entry_addr(&entry)?;
+    let t = &cli.trust;
+    let user = if t.ca.is_some() || t.server_fingerprint.is_some() || t.insecure_loopback {
+        Some(t.trust(addr)?)
+    } else {
+        None
+    };
+    let trust = referee_capture::discover::trust_for(&entry, user, cli.trust_registry)?;
+    eprintln!(
+        "piste {} is served by {} at {addr} (registry, load {:.0}%)",
+        entry.piste,
+        entry.daemon_id,
+        entry.load * 100.0
+    );
+    Ok((addr, addr.ip().to_string(), trust))
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
-    let (addr, host) = resolve(&cli.server)?;
-    let trust = cli.trust.trust(addr)?;
+    let (addr, host, trust) = locate(&cli)?;
     let (width, height) = parse_size(&cli.size)?;
     let encoding = match cli.encoding {
         EncodingArg::Jpeg => Encoding::Jpeg {

@@ -13,8 +13,16 @@ use referee_transport::{client_endpoint_for, connect, read_msg, write_msg, Trust
     after_help = "Example:\n  referee feed 127.0.0.1:4433 --server-fingerprint ./referee-data/identity.sha256"
 )]
 pub struct Args {
-    /// Daemon address, HOST:PORT (the QUIC port, REFEREE_PORT).
-    server: String,
+    /// Daemon address, HOST:PORT (the QUIC port, REFEREE_PORT); not with --nats.
+    #[arg(required_unless_present = "nats", conflicts_with = "nats")]
+    server: Option<String>,
+    /// Every piste of the tournament instead of one daemon: subscribe to
+    /// <prefix>.piste.*.> on this NATS.
+    #[command(flatten)]
+    nats: super::pistes::NatsArgs,
+    /// Subject prefix of the tournament (the daemons' nats.subject_prefix).
+    #[arg(long, default_value = "referee", requires = "nats")]
+    nats_prefix: String,
     /// Only events of this piste (repeatable); all pistes when absent.
     #[arg(long = "piste", value_name = "P")]
     pistes: Vec<String>,
@@ -30,6 +38,7 @@ pub struct Args {
     )]
     token: String,
     #[command(flatten)]
+    #[command(next_help_heading = "Trust (QUIC)")]
     trust: TrustArgs,
     /// Name the certificate must carry (CA mode).
     #[arg(long, default_value = "localhost")]
@@ -49,7 +58,11 @@ pub fn resolve(server: &str) -> anyhow::Result<SocketAddr> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
-    let addr = resolve(&args.server)?;
+    if let Some(connect) = args.nats.connect_args("referee feed") {
+        let rt = super::runtime(0)?;
+        return rt.block_on(subscribe_nats(&args, connect));
+    }
+    let addr = resolve(args.server.as_deref().unwrap_or_default())?;
     let trust = args.trust.trust(addr)?;
     let rt = super::runtime(0)?;
     rt.block_on(subscribe(args, addr, trust))
@@ -111,6 +124,70 @@ async fn subscribe(args: Args, addr: SocketAddr, trust: Trust) -> anyhow::Result
     }
     conn.close(0u32.into(), b"bye");
     Ok(())
+}
+
+/// Every piste's events from the tournament's NATS, printed like the QUIC feed.
+async fn subscribe_nats(args: &Args, connect: referee_nats::ConnectArgs) -> anyhow::Result<()> {
+    use futures_util::StreamExt;
+    let client = referee_nats::connect(&connect).await?;
+    let subjects = referee_nats::Subjects::new(&args.nats_prefix);
+    let subject = subjects.all_pistes();
+    let mut sub = client
+        .subscribe(subject.clone())
+        .await
+        .with_context(|| format!("subscribing to {subject}"))?;
+    if !args.json {
+        eprintln!(
+            "subscribed to {subject} on {}; waiting for events (Ctrl-C to stop)",
+            connect.url
+        );
+    }
+    let mut verdicts = 0u64;
+    loop {
+        let m = tokio::select! {
+            m = sub.next() => m,
+            _ = tokio::signal::ctrl_c() => break,
+        };
+        let Some(m) = m else {
+            eprintln!("the NATS subscription ended");
+            break;
+        };
+        let Ok(msg) = serde_json::from_slice::<referee_nats::FeedMessage>(&m.payload) else {
+            continue;
+        };
+        let Some(event) = msg.to_event() else {
+            continue;
+        };
+        if !args.pistes.is_empty() && !args.pistes.iter().any(|p| Some(p) == piste_of(&event)) {
+            continue;
+        }
+        if args.json {
+            println!(
+                "{}",
+                serde_json::json!({"event": msg.event, "daemon": msg.daemon, "data": msg.data})
+            );
+        } else {
+            println!("{}", describe(&event));
+        }
+        if matches!(event, FeedEvent::Verdict(_)) {
+            verdicts += 1;
+            if args.verdicts > 0 && verdicts >= args.verdicts {
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn piste_of(event: &FeedEvent) -> Option<&String> {
+    match event {
+        FeedEvent::SessionStarted { piste, .. } | FeedEvent::SessionEnded { piste, .. } => {
+            Some(piste)
+        }
+        FeedEvent::Live(l) => Some(&l.piste),
+        FeedEvent::Verdict(v) => Some(&v.piste),
+        FeedEvent::Error(_) | FeedEvent::Lagged { .. } => None,
+    }
 }
 
 /// One readable line per event.

@@ -7,6 +7,7 @@ pub mod demo;
 pub mod evaluate;
 pub mod feed;
 pub mod model;
+pub mod pistes;
 pub mod pose;
 pub mod serve;
 pub mod train;
