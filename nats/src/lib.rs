@@ -196,8 +196,8 @@ impl ConnectArgs {
         })
     }
 
-    /// Client options; `background` = return at once and keep (re)connecting forever (the
-    /// daemon), otherwise fail when the first connection fails (the CLI).
+    /// Client options: credentials or token, CA, a 2 s connection timeout and unlimited
+    /// reconnects (the daemon adds `retry_on_initial_connect` so that it starts without NATS).
     pub async fn options(&self) -> anyhow::Result<async_nats::ConnectOptions> {
         let mut o = match &self.credentials_file {
             Some(p) => async_nats::ConnectOptions::with_credentials_file(p.clone())
