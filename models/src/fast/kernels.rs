@@ -1333,9 +1333,8 @@ pub(crate) mod avx {
 /// The AVX-512 GEMM micro-kernel (the rest of the AVX-512 level reuses [`avx`]).
 ///
 /// The AVX-512 intrinsics and `target_feature(enable = "avx512f")` are stable since Rust
-/// 1.89, above the workspace's declared MSRV (1.87): this module needs 1.89 to build.
+/// 1.89, the workspace's minimum Rust.
 #[cfg(target_arch = "x86_64")]
-#[allow(clippy::incompatible_msrv)]
 pub(crate) mod avx512 {
     use super::{Tile, NR};
     use std::arch::x86_64::*;
