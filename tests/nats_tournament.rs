@@ -19,7 +19,7 @@ use referee_daemon::Daemon;
 use referee_nats::async_nats::{self, jetstream};
 use referee_nats::{FeedMessage, PisteEntry};
 use referee_pose_api::{Person, PoseError, PoseEstimator, PreparedFrame};
-use referee_transport::messages::{FeedEvent, Winner};
+use referee_transport::messages::FeedEvent;
 use referee_transport::Trust;
 
 const SIGNAL: &str = " 0.000s | Phrase recording started\n 0.500s | HIT: Simultaneous valid hits!\n 0.512s | Lockout period started (0.200s window)\n 0.600s | Phrase recording ended\nScores -> Fencer 1: HIT, Fencer 2: HIT\n";
@@ -293,11 +293,7 @@ async fn four_pistes_on_two_daemons_one_subscriber_sees_four_verdicts_and_the_st
                         "hall-b"
                     }
                 );
-                assert_ne!(
-                    v.winner,
-                    Winner::Left,
-                    "a double touch with no motion is no point left"
-                );
+                assert_eq!(v.session_id, format!("bout-{}", v.piste));
                 verdict_pistes.insert(v.piste);
             }
             FeedEvent::SessionStarted { .. } | FeedEvent::SessionEnded { .. } => sessions += 1,
@@ -484,4 +480,48 @@ async fn a_dead_daemon_leaves_the_registry_within_the_ttl_and_agents_find_the_li
         kv.get("8").await.expect("get").is_none(),
         "a clean shutdown deregisters"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verdicts_left_on_disk_by_a_crashed_daemon_are_sent_at_the_next_start_and_off_means_off() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    // Without nats.url: no NATS side, no outbox.
+    let mut off = settings(tmp.path(), "plain", "", "");
+    off.set("nats.url", "").expect("off");
+    let plain = daemon(&off).await;
+    assert!(plain.nats.is_none());
+    assert!(!tmp.path().join("plain/data/nats-outbox").exists());
+    plain.shutdown().await;
+
+    let Some(nats) = NatsServer::start(&tmp.path().join("nats")) else {
+        return;
+    };
+    let url = nats.url();
+    // What a daemon that crashed before the acknowledgement leaves behind.
+    let s = settings(tmp.path(), "hall-a", &url, "1");
+    let ob = referee_daemon::nats::outbox::Outbox::open(&s.server.data_dir.join("nats-outbox"), 10)
+        .expect("outbox");
+    let report = referee_transport::messages::VerdictReport {
+        session_id: "crashed".into(),
+        piste: "1".into(),
+        phrase: 4,
+        winner: referee_transport::messages::Winner::Uncertain,
+        confidence: 0.5,
+        reason: "left over".into(),
+        evidence: vec![],
+        latency_ms: 1.0,
+        detail_json: "{}".into(),
+    };
+    let msg = referee_daemon::nats::feed_message("hall-a", &FeedEvent::Verdict(report));
+    ob.push(&referee_daemon::nats::outbox::Pending {
+        msg_id: "crashed/4".into(),
+        subject: "referee.verdicts.1".into(),
+        payload: serde_json::to_value(&msg).expect("json"),
+    })
+    .expect("push");
+    let a = daemon(&s).await;
+    assert_eq!(stream_count(&url, 1, Duration::from_secs(10)).await, 1);
+    assert_eq!(stored_ids(&url).await, ["crashed/4"]);
+    assert!(ob.is_empty(), "sent and removed");
+    a.shutdown().await;
 }
