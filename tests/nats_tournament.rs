@@ -18,7 +18,6 @@ use referee_config::Settings;
 use referee_daemon::Daemon;
 use referee_nats::async_nats::{self, jetstream};
 use referee_nats::{FeedMessage, PisteEntry};
-use referee_pose_api::{Person, PoseError, PoseEstimator, PreparedFrame};
 use referee_transport::messages::FeedEvent;
 use referee_transport::Trust;
 
@@ -95,43 +94,8 @@ impl Drop for NatsServer {
     }
 }
 
-/// Two fencers standing still at a third and two thirds of the frame.
-struct StandIn;
-
-fn person(cx: f32, cy: f32, h: f32) -> Person {
-    let mut keypoints = [[0.0f32; 3]; 17];
-    for (k, kp) in keypoints.iter_mut().enumerate() {
-        let frac = k as f32 / 16.0;
-        *kp = [
-            cx + if k % 2 == 0 { -5.0 } else { 5.0 },
-            cy - h / 2.0 + frac * h,
-            0.9,
-        ];
-    }
-    Person {
-        score: 0.9,
-        bbox: [cx - h / 4.0, cy - h / 2.0, cx + h / 4.0, cy + h / 2.0],
-        keypoints,
-    }
-}
-
-impl PoseEstimator for StandIn {
-    fn input_size(&self) -> (usize, usize) {
-        (320, 192)
-    }
-    fn estimate(&mut self, batch: &[PreparedFrame]) -> Result<Vec<Vec<Person>>, PoseError> {
-        Ok(batch
-            .iter()
-            .map(|f| {
-                let (w, h) = (f.width as f32, f.height as f32);
-                vec![
-                    person(w * 0.3, h * 0.5, h * 0.6),
-                    person(w * 0.7, h * 0.5, h * 0.6),
-                ]
-            })
-            .collect())
-    }
-}
+/// Two fencers standing still at a third and two thirds of the frame (no weights needed).
+use referee_pose_api::testing::StandingFencers as StandIn;
 
 fn settings(tmp: &Path, name: &str, nats: &str, pistes: &str) -> Settings {
     let mut s = Settings::default();

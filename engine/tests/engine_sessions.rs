@@ -13,45 +13,8 @@ use referee_engine::{
 };
 use referee_pose_api::{FrameEncoding, Person, PoseError, PoseEstimator, PreparedFrame};
 
-/// Two standing fencers at fixed places, a referee at the bottom edge.
-struct FakePose;
-
-fn person(cx: f32, cy: f32, h: f32) -> Person {
-    let mut keypoints = [[0.0f32; 3]; 17];
-    for (k, kp) in keypoints.iter_mut().enumerate() {
-        // Head at the top, ankles at the bottom; a plausible vertical spread.
-        let frac = k as f32 / 16.0;
-        *kp = [
-            cx + if k % 2 == 0 { -5.0 } else { 5.0 },
-            cy - h / 2.0 + frac * h,
-            0.9,
-        ];
-    }
-    Person {
-        score: 0.9,
-        bbox: [cx - h / 4.0, cy - h / 2.0, cx + h / 4.0, cy + h / 2.0],
-        keypoints,
-    }
-}
-
-impl PoseEstimator for FakePose {
-    fn input_size(&self) -> (usize, usize) {
-        (320, 192)
-    }
-    fn estimate(&mut self, batch: &[PreparedFrame]) -> Result<Vec<Vec<Person>>, PoseError> {
-        Ok(batch
-            .iter()
-            .map(|f| {
-                let w = f.width as f32;
-                let h = f.height as f32;
-                vec![
-                    person(w * 0.3, h * 0.5, h * 0.6),
-                    person(w * 0.7, h * 0.5, h * 0.6),
-                ]
-            })
-            .collect())
-    }
-}
+/// Two standing fencers at fixed places (no weights needed).
+use referee_pose_api::testing::{standing_person as person, StandingFencers as FakePose};
 
 fn config() -> EngineConfig {
     let mut cfg = EngineConfig::default();

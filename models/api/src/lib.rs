@@ -13,6 +13,8 @@
 pub mod ack;
 pub mod image;
 mod letterbox;
+#[cfg(feature = "testing")]
+pub mod testing;
 
 use serde::{Deserialize, Serialize};
 
