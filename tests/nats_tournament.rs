@@ -222,6 +222,8 @@ async fn four_pistes_on_two_daemons_one_subscriber_sees_four_verdicts_and_the_st
         .await
         .expect("subscribe");
     client.flush().await.expect("flush");
+    // Daemon A's own feed (its page, SSE, QUIC subscribers) must show B's pistes too.
+    let mut feed_a = a.core.feed().subscribe(Vec::new());
 
     let runs = [("1", &a), ("2", &a), ("3", &b), ("4", &b)].map(|(p, d)| {
         let (addr, fp) = (d.quic_addr, d.fingerprint.clone());
@@ -266,6 +268,16 @@ async fn four_pistes_on_two_daemons_one_subscriber_sees_four_verdicts_and_the_st
     }
     assert_eq!(verdict_pistes.len(), 4);
     assert!(sessions >= 1, "session events are published too");
+    let mut on_a = std::collections::BTreeSet::new();
+    while on_a.len() < 4 {
+        match tokio::time::timeout_at(deadline, feed_a.next()).await {
+            Ok(Some(FeedEvent::Verdict(v))) => {
+                on_a.insert(v.piste);
+            }
+            Ok(Some(_)) => {}
+            Ok(None) | Err(_) => panic!("daemon A's feed shows only {on_a:?}"),
+        }
+    }
 
     assert_eq!(stream_count(&url, 4, Duration::from_secs(10)).await, 4);
     assert_eq!(

@@ -7,7 +7,9 @@
 //! - the verdict log: each verdict is written to the on-disk [`outbox`] first, then appended to
 //!   the JetStream stream [`referee_nats::VERDICT_STREAM`] with `Nats-Msg-Id = <session>/<phrase>`
 //!   and removed once the stream acknowledged it (retried with backoff while NATS is away);
-//! - the piste [`registry`] heartbeat.
+//! - the piste [`registry`] heartbeat;
+//! - one view: the other daemons' events are mirrored into this daemon's feed hub, so its
+//!   page, SSE and QUIC feed show every piste of the tournament.
 
 pub mod outbox;
 pub mod registry;
@@ -23,6 +25,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::core::Core;
+use crate::feed::FeedHub;
 use outbox::{Outbox, Pending};
 
 /// Feed events (live state, sessions) queued for publishing before drops start.
@@ -134,6 +137,7 @@ impl NatsBridge {
         let subjects = Subjects::new(&s.nats.subject_prefix);
         let (stop, stopped) = watch::channel(false);
         let core = core.clone();
+        let feed = core.feed().clone();
         let servers = args.servers();
         let id = daemon_id.clone();
         let task = tokio::spawn(async move {
@@ -152,6 +156,12 @@ impl NatsBridge {
                 id.clone(),
                 live_rx,
             ));
+            let mirror = tokio::spawn(mirror_remote(
+                client.clone(),
+                subjects.all_pistes(),
+                id.clone(),
+                feed,
+            ));
             let reg = tokio::spawn(registry::run(js.clone(), core, identity, stopped.clone()));
             let log = VerdictLog {
                 client: client.clone(),
@@ -163,6 +173,7 @@ impl NatsBridge {
             log.run(verdict_rx, stopped).await;
             let _ = reg.await;
             live.abort();
+            mirror.abort();
             let _ = tokio::time::timeout(Duration::from_secs(1), client.flush()).await;
         });
         tracing::info!(daemon = %daemon_id, url = %args.url, "tournament mode: publishing to NATS");
@@ -187,6 +198,30 @@ impl NatsBridge {
 }
 
 /// Resolves once `stop` says so (or its sender is gone).
+/// Other daemons' feed events into this daemon's feed hub, so its page, SSE and QUIC feed
+/// subscribers see every piste of the tournament (this daemon's own events are there already).
+async fn mirror_remote(client: async_nats::Client, subject: String, own: String, feed: FeedHub) {
+    use futures_util::StreamExt;
+    let mut sub = match client.subscribe(subject).await {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot subscribe to the other daemons' feed");
+            return;
+        }
+    };
+    while let Some(m) = sub.next().await {
+        let Ok(msg) = serde_json::from_slice::<FeedMessage>(&m.payload) else {
+            continue;
+        };
+        if msg.daemon == own {
+            continue;
+        }
+        if let Some(event) = msg.to_event() {
+            feed.publish(event);
+        }
+    }
+}
+
 pub(crate) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
