@@ -39,6 +39,10 @@ struct Pending {
     end_frame: u64,
     /// True once a frame at or after `end_t` is known, so `end_frame` is exact.
     end_known: bool,
+    /// A quarter of a frame period: a frame starting this close to the end shows (almost)
+    /// nothing of the phrase, and rounding in the measured rate must not make the phrase wait
+    /// for a frame that starts exactly at its end.
+    tolerance: f64,
 }
 
 impl Pending {
@@ -49,7 +53,7 @@ impl Pending {
         if frame < self.origin_frame {
             return;
         }
-        if t < self.end_t - 1e-6 {
+        if t < self.end_t - self.tolerance {
             if frame > self.end_frame && !self.end_known {
                 self.end_frame = frame.min(max_frame);
             }
@@ -356,7 +360,8 @@ impl SessionReferee {
         // strictly before its end. First guess from the capture rate measured on the stamps
         // (the declared rate without them); the frames whose stamps are known then narrow it.
         let rate = self.timebase.rate(&self.poses);
-        let phrase_frames = (end * rate - 1e-6).floor().max(0.0) as u64;
+        let tolerance = 0.25 / rate.max(1e-3);
+        let phrase_frames = ((end - tolerance) * rate).floor().max(0.0) as u64;
         let max_frame = ctx.cfg.max_frames_per_session.saturating_sub(1);
         let mut pending = Pending {
             signal,
@@ -367,6 +372,7 @@ impl SessionReferee {
             end_t: origin_t + end,
             end_frame: origin_frame.saturating_add(phrase_frames).min(max_frame),
             end_known: false,
+            tolerance,
         };
         let tracked = self.poses.iter().map(|p| (p.tracked.frame, Some(p.t)));
         let buffered = self
@@ -932,6 +938,23 @@ mod tests {
         let detail: serde_json::Value = serde_json::from_str(&v.detail_json).unwrap();
         assert_eq!(detail["frames_tracked"], 9);
         assert_eq!(v.latency, Duration::ZERO, "no signal wait");
+    }
+
+    /// A phrase that ends exactly on a frame boundary (0.6 s = 9 frames at 15 fps) with stamps a
+    /// hair faster than 15 fps (66,666 us apart): the last frame is 8, so nothing is waited for
+    /// (the sample clip did this: 3 s of signal wait for a frame that never came).
+    #[test]
+    fn a_phrase_ending_on_a_frame_boundary_does_not_wait_for_the_next_frame() {
+        let mut r = rig_with(15.0);
+        r.admit(0..=END_FRAME);
+        for f in 0..=END_FRAME {
+            r.arrive_stamped(f, 1_000_000 + f * 66_666);
+        }
+        r.signal();
+        let v = r.verdict().expect("frame 8 closes the phrase");
+        assert_eq!(v.latency, Duration::ZERO, "no signal wait");
+        let detail: serde_json::Value = serde_json::from_str(&v.detail_json).unwrap();
+        assert_eq!(detail["frames_tracked"], 9);
     }
 
     /// A frame at or past the phrase's end, once known, bounds it exactly even when the first
