@@ -203,7 +203,8 @@ async fn feed_page_shows_live_state_and_the_verdict() {
     let shot = webdriver(driver, "GET", &format!("/session/{sid}/screenshot"), None).await;
     let png = decode_base64(shot["value"].as_str().expect("screenshot data"));
     assert!(png.starts_with(b"\x89PNG"), "not a PNG");
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("target/feed-page.png");
+    // Cargo's scratch folder for integration tests: it exists wherever the target dir is.
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("feed-page.png");
     std::fs::write(&out, &png).expect("save screenshot");
     eprintln!("screenshot saved to {}", out.display());
     webdriver(driver, "DELETE", &format!("/session/{sid}"), None).await;
