@@ -62,17 +62,24 @@ mod tests {
     use referee_transport::messages::{Ack, FrameEncoding};
     use std::time::Duration;
 
-    /// Issue #16 item 5: a file streamed as fast as possible was stamped with the time each
-    /// frame was read, so its phrase looked a few milliseconds long. Stamps follow the media.
-    #[tokio::test]
-    async fn time_from_the_wrong_clock_file_frames_carry_media_time() {
-        let source = Synthetic::new(16, 16, 10.0, Some(4)).unwrap();
+    /// Runs the producer over `frames` synthetic frames at `fps`, as fast as possible, into an
+    /// 8-frame ring; returns the ring once the source is exhausted.
+    async fn produce_all(fps: f32, frames: u64) -> Arc<Ring> {
+        let source = Synthetic::new(16, 16, fps, Some(frames)).unwrap();
         let ring = Arc::new(Ring::new(8, false));
         let pacer = Pacer::new(Pacing::AsFastAsPossible).unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         spawn_producer(Box::new(source), Encoding::Raw, pacer, stop, ring.clone())
             .await
             .unwrap();
+        ring
+    }
+
+    /// Issue #16 item 5: a file streamed as fast as possible was stamped with the time each
+    /// frame was read, so its phrase looked a few milliseconds long. Stamps follow the media.
+    #[tokio::test]
+    async fn time_from_the_wrong_clock_file_frames_carry_media_time() {
+        let ring = produce_all(10.0, 4).await;
         let ts: Vec<u64> = ring
             .unsent_before(u64::MAX)
             .iter()
@@ -87,13 +94,7 @@ mod tests {
 
     #[tokio::test]
     async fn encodes_every_frame_into_the_ring_in_order() {
-        let source = Synthetic::new(16, 16, 30.0, Some(3)).unwrap();
-        let ring = Arc::new(Ring::new(8, false));
-        let pacer = Pacer::new(Pacing::AsFastAsPossible).unwrap();
-        let stop = Arc::new(AtomicBool::new(false));
-        spawn_producer(Box::new(source), Encoding::Raw, pacer, stop, ring.clone())
-            .await
-            .unwrap();
+        let ring = produce_all(30.0, 3).await;
         assert!(ring.exhausted(3) && !ring.exhausted(2));
         assert!(ring.take_error().is_none());
         let frames = ring.unsent_before(u64::MAX);

@@ -786,6 +786,14 @@ mod tests {
             }
         }
 
+        /// Frames the agent sent and the pipeline delivered, in order, now.
+        fn stream(&mut self, frames: std::ops::RangeInclusive<u64>) {
+            self.admit(frames.clone());
+            for f in frames {
+                self.arrive(f);
+            }
+        }
+
         /// A frame comes out of the pose stage now (stamped at 15 fps).
         fn arrive(&mut self, frame: u64) {
             self.arrive_stamped(frame, 1_000_000 + frame * 66_667);
@@ -865,10 +873,7 @@ mod tests {
     fn frames_never_sent_are_waited_for_only_the_quiet_limit() {
         let mut r = rig();
         // The agent sent frames 0-5 only; 6-8 may still come.
-        r.admit(0..=5);
-        for f in 0..=5 {
-            r.arrive(f);
-        }
+        r.stream(0..=5);
         r.signal();
         r.tick(Duration::from_millis(2_999));
         assert!(r.verdict().is_none(), "quiet for less than the signal wait");
@@ -882,10 +887,7 @@ mod tests {
     #[test]
     fn a_frame_arriving_restarts_the_quiet_limit() {
         let mut r = rig();
-        r.admit(0..=4);
-        for f in 0..=4 {
-            r.arrive(f);
-        }
+        r.stream(0..=4);
         r.signal();
         r.tick(Duration::from_secs(2));
         r.admit(5..=5);
@@ -899,10 +901,7 @@ mod tests {
     #[test]
     fn a_repeated_signal_is_answered_with_the_same_verdict() {
         let mut r = rig();
-        r.admit(0..=END_FRAME);
-        for f in 0..=END_FRAME {
-            r.arrive(f);
-        }
+        r.stream(0..=END_FRAME);
         r.signal();
         let first = r.verdict().expect("all frames were there");
         r.signal();
