@@ -184,6 +184,26 @@ pub async fn send_frame(
     header: &FrameHeader,
     bytes: &[u8],
 ) -> Result<(), TransportError> {
+    check_frame_len(header, bytes)?;
+    write_frame(conn.open_uni().await?, header, bytes).await
+}
+
+/// Writes one frame on a stream the caller opened (a sender that must open its streams in
+/// frame order opens them itself): header, image bytes, finish.
+pub async fn write_frame(
+    mut send: quinn::SendStream,
+    header: &FrameHeader,
+    bytes: &[u8],
+) -> Result<(), TransportError> {
+    check_frame_len(header, bytes)?;
+    let head = encode_msg(header)?;
+    send.write_all(&head).await?;
+    send.write_all(bytes).await?;
+    send.finish()?;
+    Ok(())
+}
+
+fn check_frame_len(header: &FrameHeader, bytes: &[u8]) -> Result<(), TransportError> {
     if header.len as usize != bytes.len() || u32::try_from(bytes.len()).is_err() {
         return Err(TransportError::Malformed {
             what: "outgoing frame",
@@ -194,11 +214,6 @@ pub async fn send_frame(
             ),
         });
     }
-    let head = encode_msg(header)?;
-    let mut send = conn.open_uni().await?;
-    send.write_all(&head).await?;
-    send.write_all(bytes).await?;
-    send.finish()?;
     Ok(())
 }
 

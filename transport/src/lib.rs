@@ -18,7 +18,9 @@ pub mod messages;
 pub mod tls;
 
 pub use auth::{auth_policy, AuthPolicy, TokenSet};
-pub use codec::{decode_msg, encode_msg, read_frame, read_msg, send_frame, write_msg, FrameLimits};
+pub use codec::{
+    decode_msg, encode_msg, read_frame, read_msg, send_frame, write_frame, write_msg, FrameLimits,
+};
 pub use endpoint::{
     accept, client_endpoint, client_endpoint_for, connect, connect_with_timeout, server_endpoint,
     EndpointLimits,

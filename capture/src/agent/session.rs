@@ -11,10 +11,10 @@ use super::{AgentConfig, AgentError};
 use crate::source::SourceInfo;
 use referee_transport::messages::{ClientMsg, FrameHeader, ServerMsg};
 use referee_transport::quinn;
-use referee_transport::{read_msg, send_frame, write_msg, TransportError};
+use referee_transport::{read_msg, write_frame, write_msg, TransportError};
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::{JoinError, JoinSet};
 
 /// A control message as the reader task hands it over (`Ok(None)`: the stream ended).
@@ -49,6 +49,7 @@ pub(super) async fn run_session<P: ProgressSink>(
         ctrl,
         resend,
         sends: JoinSet::new(),
+        last_opened: None,
         msgs,
         _reader: reader,
         tick,
@@ -142,6 +143,10 @@ struct Session<'a, P: ProgressSink> {
     resend: VecDeque<OutFrame>,
     /// Frame streams in flight.
     sends: JoinSet<SendResult>,
+    /// Fires once the latest send task has opened its stream: the next one waits for it, so
+    /// stream ids follow frame order and no frame is overtaken for long (the daemon reads
+    /// streams in id order, a few at a time).
+    last_opened: Option<oneshot::Receiver<()>>,
     msgs: mpsc::Receiver<Incoming>,
     _reader: AbortOnDrop,
     /// Progress updates and the verdict timeout.
@@ -213,8 +218,16 @@ impl<P: ProgressSink> Session<'_, P> {
             encoding: f.encoding,
             len: f.bytes.len() as u32,
         };
+        let (opened_tx, opened_rx) = oneshot::channel();
+        let previous = self.last_opened.replace(opened_rx);
         self.sends.spawn(async move {
-            send_frame(&conn, &header, &f.bytes).await?;
+            if let Some(previous) = previous {
+                // An error means that send ended before opening; this one goes on.
+                let _ = previous.await;
+            }
+            let stream = conn.open_uni().await;
+            let _ = opened_tx.send(());
+            write_frame(stream?, &header, &f.bytes).await?;
             Ok(f.bytes.len() as u64)
         });
     }

@@ -218,14 +218,18 @@ impl SessionReferee {
     }
 
     /// Processes buffered frames in order. Gaps are skipped when the buffer exceeds the reorder
-    /// window, or (with `flush_to`) for every frame up to that number.
+    /// window, or (with `flush_to`) for every frame up to that number. A frame that was admitted
+    /// is inside the pipeline and will come out of it (every stage forwards even the frames it
+    /// fails), so the window never skips it: only frames the agent has not delivered are
+    /// given up on.
     fn drain(&mut self, ctx: &StageContext, flush_to: Option<u64>) {
         loop {
             let Some((&first, _)) = self.reorder.first_key_value() else {
                 return;
             };
-            let may_skip = self.reorder.len() > ctx.cfg.reorder_window
-                || flush_to.is_some_and(|end| first <= end);
+            let may_skip = flush_to.is_some_and(|end| first <= end)
+                || (self.reorder.len() > ctx.cfg.reorder_window
+                    && !self.gap_in_pipeline(self.next_frame, first));
             if first != self.next_frame && !may_skip {
                 return;
             }
@@ -235,6 +239,12 @@ impl SessionReferee {
             self.next_frame = first + 1;
             self.process(ctx, posed);
         }
+    }
+
+    /// True when a frame in `from..to` was admitted but has not come out of the pipeline yet.
+    fn gap_in_pipeline(&self, from: u64, to: u64) -> bool {
+        let admitted = self.session.received.lock();
+        (from..to).any(|f| admitted.contains(f) && !self.arrived.contains(f))
     }
 
     fn process(&mut self, ctx: &StageContext, posed: PosedFrame) {
@@ -867,6 +877,52 @@ mod tests {
             "latency is measured on the clock"
         );
         assert!(!r.referee.is_deciding());
+    }
+
+    /// CI failure (2026-12-02): a frame held up inside the pipeline while more than the reorder
+    /// window of later frames came out was skipped, then dropped as late when it arrived.
+    #[test]
+    fn a_frame_held_up_in_the_pipeline_is_not_skipped_by_the_reorder_window() {
+        let mut r = rig();
+        let window = r.ctx.cfg.reorder_window as u64;
+        let last = window + 10;
+        r.admit(0..=last);
+        for f in (0..=last).filter(|&f| f != 3) {
+            r.arrive(f);
+        }
+        assert_eq!(
+            r.session.counters.snapshot().processed,
+            3,
+            "waits at frame 3"
+        );
+        r.arrive(3);
+        let stats = r.session.counters.snapshot();
+        assert_eq!(stats.processed, last + 1);
+        assert_eq!(stats.dropped, 0);
+    }
+
+    #[test]
+    fn a_frame_never_admitted_is_skipped_once_the_reorder_window_is_full() {
+        let mut r = rig();
+        let window = r.ctx.cfg.reorder_window as u64;
+        let last = window + 10;
+        r.admit(0..=2);
+        r.admit(4..=last);
+        for f in (0..=last).filter(|&f| f != 3) {
+            r.arrive(f);
+        }
+        let stats = r.session.counters.snapshot();
+        assert!(
+            stats.processed >= last - window,
+            "frames past the gap are processed: {stats:?}"
+        );
+        r.admit(3..=3);
+        r.arrive(3);
+        assert_eq!(
+            r.session.counters.snapshot().dropped,
+            1,
+            "frame 3 came too late"
+        );
     }
 
     #[test]
