@@ -331,17 +331,21 @@ impl<P: ProgressSink> Session<'_, P> {
         Ok(())
     }
 
-    /// Watch mode: a new log closes the current phrase.
+    /// Watch mode: a new log closes the current phrase; a log that grew (the referee's call
+    /// appended) goes again for its phrase.
     async fn send_new_log(&mut self, filename: String, bytes: Vec<u8>) -> Result<(), Failure> {
-        let sig = self
-            .st
-            .signals
-            .compose(&self.cfg.session_id, filename.clone(), bytes, None);
+        let (sig, update) =
+            self.st
+                .signals
+                .compose_log(&self.cfg.session_id, filename.clone(), bytes);
         let phrase = sig.phrase;
-        write_msg(&mut self.ctrl, &ClientMsg::Signal(sig.clone())).await?;
-        self.st.signals.sent(sig, Instant::now());
-        self.progress
-            .message(&format!("new signal log {filename}: phrase {phrase} sent"));
+        // Waiting before the write: if the write fails, the reconnect sends it again.
+        self.st.signals.sent(sig.clone(), Instant::now());
+        write_msg(&mut self.ctrl, &ClientMsg::Signal(sig)).await?;
+        let what = if update { "updated" } else { "new" };
+        self.progress.message(&format!(
+            "{what} signal log {filename}: phrase {phrase} sent"
+        ));
         Ok(())
     }
 

@@ -1,8 +1,10 @@
 //! The phrases' signal logs: their numbering (0, 1, 2, ... within the session), the one log of a
 //! clip until it is sent, and the signals sent but still waiting for their verdict (sent again
-//! after a reconnect).
+//! after a reconnect). A log sent again under the same file name (watch mode: the box appended
+//! the referee's call) keeps its phrase number.
 
 use referee_transport::messages::Signal;
+use std::collections::HashMap;
 use std::time::Instant;
 
 /// Signals of a session; survives reconnects.
@@ -13,6 +15,8 @@ pub(super) struct Signals {
     next_phrase: u32,
     /// The one log of a clip ([`super::SignalInput::Once`]) until it has been sent.
     once: Option<(String, Vec<u8>)>,
+    /// The phrase of each log file sent, by file name.
+    phrases_by_file: HashMap<String, u32>,
 }
 
 impl Signals {
@@ -22,6 +26,7 @@ impl Signals {
             waiting: Vec::new(),
             next_phrase: 0,
             once,
+            phrases_by_file: HashMap::new(),
         }
     }
 
@@ -47,11 +52,32 @@ impl Signals {
         }
     }
 
-    /// Records `sig` (from [`Signals::compose`]) as written at `at`: it waits for its verdict,
-    /// and numbering moves on.
+    /// Watch mode: the message for a log file, with the phrase of an earlier log of the same
+    /// name when there is one (an update: true).
+    pub fn compose_log(
+        &self,
+        session_id: &str,
+        filename: String,
+        bytes: Vec<u8>,
+    ) -> (Signal, bool) {
+        let earlier = self.phrases_by_file.get(&filename).copied();
+        let mut sig = self.compose(session_id, filename, bytes, None);
+        if let Some(phrase) = earlier {
+            sig.phrase = phrase;
+        }
+        (sig, earlier.is_some())
+    }
+
+    /// Records `sig` (from [`Signals::compose`] or [`Signals::compose_log`]) as sent at `at`: it
+    /// waits for its verdict (replacing an earlier message of its phrase), and numbering moves
+    /// on past it. Called before writing, so a message whose write fails is sent again after
+    /// the reconnect.
     pub fn sent(&mut self, sig: Signal, at: Instant) {
+        self.phrases_by_file
+            .insert(sig.filename.clone(), sig.phrase);
+        self.next_phrase = self.next_phrase.max(sig.phrase + 1);
+        self.waiting.retain(|(p, _, _)| *p != sig.phrase);
         self.waiting.push((sig.phrase, sig, at));
-        self.next_phrase += 1;
     }
 
     /// Like [`Signals::sent`], for the clip's log: it is not sent again as a new phrase.
@@ -111,6 +137,27 @@ mod tests {
         assert_eq!(s.oldest_waiting(), Some((1, later)));
         s.answered(1);
         assert!(s.all_answered());
+    }
+
+    #[test]
+    fn an_updated_log_keeps_its_phrase_and_replaces_the_waiting_message() {
+        let mut s = Signals::new(None);
+        let t0 = Instant::now();
+        let (a, update) = s.compose_log("sess", "a.txt".into(), b"A".to_vec());
+        assert_eq!((a.phrase, update), (0, false));
+        s.sent(a, t0);
+        let (b, _) = s.compose_log("sess", "b.txt".into(), b"B".to_vec());
+        s.sent(b, t0);
+        let (a2, update) = s.compose_log("sess", "a.txt".into(), b"A + call".to_vec());
+        assert_eq!((a2.phrase, update), (0, true));
+        s.sent(a2, t0);
+        let waiting: Vec<(u32, Vec<u8>)> = s
+            .waiting_mut()
+            .map(|(sig, _)| (sig.phrase, sig.bytes.clone()))
+            .collect();
+        assert_eq!(waiting, [(1, b"B".to_vec()), (0, b"A + call".to_vec())]);
+        let (c, update) = s.compose_log("sess", "c.txt".into(), b"C".to_vec());
+        assert_eq!((c.phrase, update), (2, false), "numbering is not set back");
     }
 
     #[test]

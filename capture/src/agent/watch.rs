@@ -1,7 +1,9 @@
 //! The signal-folder watcher of watch mode: each new log the scoring box writes closes a phrase.
 //!
-//! The folder is polled: a file present at the start is never sent; a new file is sent once,
-//! when its size is non-zero and the same in two polls in a row (the box has finished writing).
+//! The folder is polled: a file present at the start is never sent; a new file is sent when its
+//! size is non-zero and the same in two polls in a row (the box has finished writing), and again
+//! each time it grows and settles (the box appends the referee's call to the phrase's log after
+//! the phrase; the daemon keeps it beside the verdict).
 
 use super::AgentError;
 use std::collections::{HashMap, HashSet};
@@ -11,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
 
-/// Polls `dir` and yields each new file (present neither at start nor before) once its size is
-/// stable across two polls, as (file name, contents).
+/// Polls `dir` and yields each new file (not present at start) once its size is stable across
+/// two polls, and again whenever its size changes and settles, as (file name, contents).
 pub(super) fn spawn_watcher(
     dir: PathBuf,
     poll: Duration,
@@ -65,11 +67,13 @@ fn list_files(dir: &Path) -> std::io::Result<Vec<(PathBuf, u64)>> {
     Ok(v)
 }
 
-/// Which files of successive listings are new and finished.
+/// Which files of successive listings are new (or changed) and finished.
 struct NewFiles {
-    /// Files present at the start or already yielded.
-    seen: HashSet<PathBuf>,
-    /// Size of each new file at the previous poll.
+    /// Files present at the start: never yielded.
+    initial: HashSet<PathBuf>,
+    /// Files yielded, with their size when yielded.
+    yielded: HashMap<PathBuf, u64>,
+    /// Size of each new or changed file at the previous poll.
     sizes: HashMap<PathBuf, u64>,
 }
 
@@ -77,17 +81,19 @@ impl NewFiles {
     /// Files of `initial` (the listing at the start) are never yielded.
     fn after(initial: Vec<(PathBuf, u64)>) -> Self {
         NewFiles {
-            seen: initial.into_iter().map(|(p, _)| p).collect(),
+            initial: initial.into_iter().map(|(p, _)| p).collect(),
+            yielded: HashMap::new(),
             sizes: HashMap::new(),
         }
     }
 
-    /// The files of this listing that are new and whose non-zero size did not change since the
-    /// previous listing; each is yielded once.
+    /// The files of this listing that are new, or changed size since they were yielded, and
+    /// whose non-zero size did not change since the previous listing.
     fn settled(&mut self, files: Vec<(PathBuf, u64)>) -> Vec<PathBuf> {
         let mut ready = Vec::new();
         for (path, len) in files {
-            if self.seen.contains(&path) {
+            if self.initial.contains(&path) || self.yielded.get(&path) == Some(&len) {
+                self.sizes.remove(&path);
                 continue;
             }
             let stable = self.sizes.get(&path) == Some(&len) && len > 0;
@@ -96,7 +102,7 @@ impl NewFiles {
                 continue;
             }
             self.sizes.remove(&path);
-            self.seen.insert(path.clone());
+            self.yielded.insert(path.clone(), len);
             ready.push(path);
         }
         ready
@@ -129,7 +135,27 @@ mod tests {
             w.settled(listing(&[("a.txt", 5), ("b.txt", 3)])),
             [PathBuf::from("b.txt")]
         );
-        assert!(w.settled(listing(&[("a.txt", 9), ("b.txt", 3)])).is_empty());
+        assert!(w.settled(listing(&[("a.txt", 5), ("b.txt", 3)])).is_empty());
+    }
+
+    #[test]
+    fn a_log_that_grows_after_it_was_sent_is_yielded_again_once_settled() {
+        let mut w = NewFiles::after(listing(&[("old.txt", 10)]));
+        assert!(w.settled(listing(&[("a.txt", 5)])).is_empty());
+        assert_eq!(
+            w.settled(listing(&[("a.txt", 5)])),
+            [PathBuf::from("a.txt")]
+        );
+        // The referee's call is appended: yielded again when it settles, once.
+        assert!(w.settled(listing(&[("a.txt", 9)])).is_empty());
+        assert_eq!(
+            w.settled(listing(&[("a.txt", 9)])),
+            [PathBuf::from("a.txt")]
+        );
+        assert!(w.settled(listing(&[("a.txt", 9)])).is_empty());
+        // A file present at the start stays ignored, whatever happens to it.
+        assert!(w.settled(listing(&[("old.txt", 12)])).is_empty());
+        assert!(w.settled(listing(&[("old.txt", 12)])).is_empty());
     }
 
     #[tokio::test]
