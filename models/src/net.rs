@@ -463,9 +463,7 @@ impl YoloNet {
     /// Loads a converted safetensors file. Missing file, corrupt data, a hash that disagrees with
     /// the fetch sidecar, or unexpected tensors give a [`ModelError`] telling to run `referee model fetch`.
     pub fn load(path: &Path) -> Result<Self, ModelError> {
-        let map = weights::read(path, || {
-            tracing::warn!(path = %path.display(), "no fetch sidecar next to the weights: hash not verified");
-        })?;
+        let map = weights::read(path)?;
         Self::from_tensors(&map, path)
     }
 

@@ -22,12 +22,9 @@ pub(crate) const BN_EPS: f32 = 1e-3;
 /// Reads the converted safetensors file at `path` into named tensors, floats as f32 (other
 /// dtypes as they are). A missing file is [`ModelError::WeightsMissing`]; a hash that
 /// disagrees with the fetch sidecar, or a file that is not readable safetensors, is
-/// [`ModelError::WeightsInvalid`]. Without a sidecar the hash cannot be checked:
-/// `unverified` runs then (before the file is read), e.g. to log a warning.
-pub(crate) fn read(
-    path: &Path,
-    unverified: impl FnOnce(),
-) -> Result<HashMap<String, Tensor>, ModelError> {
+/// [`ModelError::WeightsInvalid`]. Without a sidecar the hash cannot be checked, and a
+/// warning says so (for the reference and the fast path alike).
+pub(crate) fn read(path: &Path) -> Result<HashMap<String, Tensor>, ModelError> {
     if !path.exists() {
         return Err(ModelError::WeightsMissing(path.to_path_buf()));
     }
@@ -40,7 +37,7 @@ pub(crate) fn read(
             },
         })?;
     } else {
-        unverified();
+        tracing::warn!(path = %path.display(), "no fetch sidecar next to the weights: hash not verified");
     }
     let raw = candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| {
         ModelError::WeightsInvalid {

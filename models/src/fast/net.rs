@@ -516,7 +516,7 @@ pub struct FastNet {
 /// reference network, without its warning when there is no sidecar to check the hash).
 fn read_weights(path: &Path) -> Result<HashMap<String, HostTensor>, ModelError> {
     let mut map = HashMap::new();
-    for (k, v) in weights::read(path, || {})? {
+    for (k, v) in weights::read(path)? {
         if v.dtype().is_float() {
             map.insert(k, HostTensor::from_tensor(&v)?);
         }
