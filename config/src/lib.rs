@@ -46,7 +46,7 @@ pub enum ConfigError {
 /// Network addresses and directories of the daemon.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerSettings {
-    /// Address the QUIC and HTTP listeners bind to.
+    /// Address the QUIC listener binds to (HTTP binds `http.host`).
     pub host: IpAddr,
     /// UDP port of the QUIC endpoint.
     pub port: u16,
@@ -185,6 +185,29 @@ pub struct NatsSettings {
     pub outbox_max: usize,
 }
 
+/// The HTTP side (`/healthz`, `/status`, `/metrics`, the feed page and its events): where it
+/// listens and how long a client may hold a connection.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HttpSettings {
+    /// Address the HTTP listener binds to (loopback unless set otherwise).
+    pub host: IpAddr,
+    /// Seconds a request may take to arrive (head and body), counted from its first byte.
+    pub read_timeout_s: u64,
+    /// Seconds a keep-alive connection may stay open between requests.
+    pub idle_timeout_s: u64,
+    /// HTTP connections open at once; the next is answered 503 and closed.
+    pub max_connections: usize,
+}
+
+/// The per-phrase artifacts writer: a fixed pool of threads and a bounded queue.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ArtifactSettings {
+    /// Writer threads.
+    pub workers: usize,
+    /// Phrases waiting for a writer; when full, a phrase's artifacts are refused (counted).
+    pub queue: usize,
+}
+
 /// All settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -197,6 +220,8 @@ pub struct Settings {
     pub pipeline: PipelineSettings,
     pub referee: RefereeSettings,
     pub nats: NatsSettings,
+    pub http: HttpSettings,
+    pub artifacts: ArtifactSettings,
     /// tracing filter: error, warn, info, debug, trace, or a directive such as `referee=debug`.
     pub log_level: String,
 }
@@ -584,6 +609,26 @@ pub const KEYS: &[KeyInfo] = &[
     },
     int_key!(nats.outbox_max: usize, "REFEREE_NATS_OUTBOX_MAX",
         default 100000, 1..=10000000, "(verdicts kept on disk while NATS is unreachable)"),
+    KeyInfo {
+        key: "http.host",
+        env: "REFEREE_HTTP_HOST",
+        default: "127.0.0.1",
+        allowed: "an IPv4 or IPv6 address, or `localhost`",
+        set: |s, v| {
+            s.http.host = host(v.text()?)?;
+            Ok(())
+        },
+    },
+    int_key!(http.read_timeout_s: u64, "REFEREE_HTTP_READ_TIMEOUT",
+        default 10, 1..=600, "(seconds from a request's first byte to its last)"),
+    int_key!(http.idle_timeout_s: u64, "REFEREE_HTTP_IDLE_TIMEOUT",
+        default 60, 1..=86400, "(seconds a connection may wait between requests)"),
+    int_key!(http.max_connections: usize, "REFEREE_HTTP_MAX_CONNECTIONS",
+        default 512, 1..=100000),
+    int_key!(artifacts.workers: usize, "REFEREE_ARTIFACT_WORKERS",
+        default 2, 1..=64, "(writer threads)"),
+    int_key!(artifacts.queue: usize, "REFEREE_ARTIFACT_QUEUE",
+        default 16, 1..=10000, "(phrases waiting for a writer)"),
 ];
 
 /// A value before validation: a scalar as text, or a list of strings (TOML arrays).
@@ -917,6 +962,16 @@ impl Settings {
             },
             referee: RefereeSettings::default(),
             nats: NatsSettings::default(),
+            http: HttpSettings {
+                host: IpAddr::from([0, 0, 0, 0]),
+                read_timeout_s: 0,
+                idle_timeout_s: 0,
+                max_connections: 0,
+            },
+            artifacts: ArtifactSettings {
+                workers: 0,
+                queue: 0,
+            },
             log_level: String::new(),
         }
     }
@@ -1039,6 +1094,16 @@ mod tests {
             },
             referee: RefereeSettings {
                 model: Some(PathBuf::from("m")),
+            },
+            http: HttpSettings {
+                host: IpAddr::from([10, 1, 2, 3]),
+                read_timeout_s: 1,
+                idle_timeout_s: 1,
+                max_connections: 1,
+            },
+            artifacts: ArtifactSettings {
+                workers: 99,
+                queue: 99,
             },
             log_level: "x".into(),
         };

@@ -1,5 +1,9 @@
 //! The daemon's HTTP side: `/healthz`, `/status`, `/metrics` (Prometheus), `/feed/events`
 //! (Server-Sent Events) and the live feed page at `/`.
+//!
+//! `/status`, `/streaming/stats` and `/feed/events` need a feed token when feed tokens are
+//! configured ([`crate::http_auth::FeedToken`]); `/`, `/healthz` and `/metrics` stay open
+//! (the page carries no data: it passes its own `?token=` on to the event stream).
 
 use std::convert::Infallible;
 use std::sync::{Arc, OnceLock};
@@ -18,6 +22,8 @@ use serde::{Deserialize, Serialize};
 use referee_engine::stats::{percentile, StageSummary};
 
 use crate::core::Core;
+use crate::http_auth::FeedToken;
+use referee_transport::auth::AuthPolicy;
 
 const FEED_PAGE: &str = include_str!("web/index.html");
 
@@ -43,6 +49,8 @@ pub struct HttpState {
     metrics: PrometheusHandle,
     started: Instant,
     info: Arc<ServerInfo>,
+    auth: Arc<AuthPolicy>,
+    connections: Arc<crate::http_server::HttpCounters>,
 }
 
 /// Facts about the daemon shown on /status.
@@ -57,14 +65,21 @@ pub struct ServerInfo {
 }
 
 impl HttpState {
-    /// State for the router.
-    pub fn new(core: Core, info: ServerInfo) -> Self {
+    /// State for the router; `auth` decides who may read the feed and the status.
+    pub fn new(core: Core, info: ServerInfo, auth: AuthPolicy) -> Self {
         Self {
             core,
             metrics: prometheus(),
             started: Instant::now(),
             info: Arc::new(info),
+            auth: Arc::new(auth),
+            connections: Arc::default(),
         }
+    }
+
+    /// Who may read the feed ([`crate::http_auth::require_feed_token`]).
+    pub fn auth(&self) -> &AuthPolicy {
+        &self.auth
     }
 }
 
@@ -80,15 +95,16 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves the router on `listener` until the process ends or `shutdown` resolves.
+/// Serves the router on `listener` within `limits` ([`crate::http_server`]) until
+/// `shutdown` turns true.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: HttpState,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    limits: crate::http_server::HttpLimits,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let counters = state.connections.clone();
+    crate::http_server::serve(listener, router(state), limits, counters, shutdown).await
 }
 
 async fn page() -> Html<&'static str> {
@@ -122,6 +138,8 @@ struct StatusDoc {
     verdict_latency_ms: LatencyDoc,
     memory: MemoryDoc,
     feed: FeedDoc,
+    /// HTTP connections: open, accepted, refused at the cap, timed out.
+    http: crate::http_server::HttpCountersDoc,
     /// The figures the old system's /streaming/stats reported.
     streaming_stats: StreamingStats,
 }
@@ -184,7 +202,7 @@ pub fn rss_mb() -> Option<f64> {
     Some(pages * 4096.0 / (1024.0 * 1024.0))
 }
 
-async fn status(State(s): State<HttpState>) -> Json<StatusDoc> {
+async fn status(_: FeedToken, State(s): State<HttpState>) -> Json<StatusDoc> {
     let e = &s.core.engine;
     let now = e.now();
     let cfg = e.config();
@@ -252,6 +270,7 @@ async fn status(State(s): State<HttpState>) -> Json<StatusDoc> {
             published: s.core.feed().published(),
             dropped_for_slow_subscribers: s.core.feed().lagged(),
         },
+        http: s.connections.snapshot(),
     })
 }
 
@@ -296,6 +315,7 @@ pub fn sse_parts(event: &FeedEvent) -> (&'static str, serde_json::Value) {
 }
 
 async fn feed_events(
+    _: FeedToken,
     State(s): State<HttpState>,
     Query(q): Query<FeedQuery>,
 ) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {

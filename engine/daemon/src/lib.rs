@@ -5,7 +5,9 @@
 //! - [`core`]: the engine with its [`core::EventRouter`] (engine events to agents and the
 //!   feed), the async wait for pipeline room, the idle-session janitor.
 //! - [`quic`]: agents and feed subscribers over QUIC; [`http`]: `/healthz`, `/status`,
-//!   `/metrics`, the feed page and Server-Sent Events; [`feed`]: the fan-out hub.
+//!   `/metrics`, the feed page and Server-Sent Events, [`http_auth`] the feed token they
+//!   require, [`http_server`] the accept loop with its timeouts and connection cap; [`feed`]:
+//!   the fan-out hub.
 //! - [`map`]: the one mapping between engine values and wire messages.
 //! - [`nats`]: tournament mode (live subjects by piste, the JetStream verdict log with its
 //!   on-disk outbox, the piste registry heartbeat), when `nats.url` is set.
@@ -14,6 +16,8 @@
 pub mod core;
 pub mod feed;
 pub mod http;
+pub mod http_auth;
+pub mod http_server;
 pub mod map;
 pub mod nats;
 pub mod offline;

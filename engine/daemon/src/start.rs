@@ -135,7 +135,9 @@ impl Daemon {
                 source: e,
             },
         })?;
-        let http_addr = SocketAddr::new(s.server.host, s.server.effective_http_port());
+        // HTTP has its own bind address (loopback by default) and the same token rules.
+        let http_auth = auth_policy(s.http.host, &tokens).map_err(DaemonError::Auth)?;
+        let http_addr = SocketAddr::new(s.http.host, s.server.effective_http_port());
         let listener = tokio::net::TcpListener::bind(http_addr)
             .await
             .map_err(|source| DaemonError::Http {
@@ -154,7 +156,7 @@ impl Daemon {
             cfg.referee_model = Arc::new(model);
         }
         let core = Core::start(cfg, estimators);
-        let (stop, mut stopped) = watch::channel(false);
+        let (stop, stopped) = watch::channel(false);
         let ctx = QuicContext {
             core: core.clone(),
             auth: Arc::new(auth),
@@ -169,15 +171,10 @@ impl Daemon {
                 fingerprint: fingerprint.clone(),
                 model: model_name.to_string(),
             },
+            http_auth,
         );
-        tokio::spawn(async move {
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            if let Err(e) = crate::http::serve(listener, state, shutdown).await {
-                warn!(error = %e, "HTTP server stopped");
-            }
-        });
+        let http_limits = crate::http_server::HttpLimits::from_config(&s.http);
+        tokio::spawn(crate::http::serve(listener, state, http_limits, stopped));
         let nats = crate::nats::NatsBridge::start(s, &core, quic_addr, &fingerprint).await?;
         info!(%quic_addr, %http_addr, %fingerprint, "daemon listening");
         Ok(Self {
