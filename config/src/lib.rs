@@ -208,6 +208,21 @@ pub struct ArtifactSettings {
     pub queue: usize,
 }
 
+/// Phrase recordings (`<output_dir>/recordings/<session>/phrase-NNN.tar`): frames as
+/// received, the signal log, settings, model and verdict of every phrase, for replay.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RecordingSettings {
+    /// Record every phrase.
+    pub enabled: bool,
+    /// Total size of the recordings in MiB before the oldest are deleted; 0 = no limit.
+    pub max_total_mb: u64,
+    /// Days a recording is kept; 0 = no limit.
+    pub max_age_days: u64,
+    /// Frames waiting for the recorder; a frame finding it full is lost to the recording
+    /// (which is then marked incomplete), never to the engine.
+    pub queue_frames: usize,
+}
+
 /// All settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
@@ -222,6 +237,7 @@ pub struct Settings {
     pub nats: NatsSettings,
     pub http: HttpSettings,
     pub artifacts: ArtifactSettings,
+    pub recording: RecordingSettings,
     /// tracing filter: error, warn, info, debug, trace, or a directive such as `referee=debug`.
     pub log_level: String,
 }
@@ -629,6 +645,22 @@ pub const KEYS: &[KeyInfo] = &[
         default 2, 1..=64, "(writer threads)"),
     int_key!(artifacts.queue: usize, "REFEREE_ARTIFACT_QUEUE",
         default 16, 1..=10000, "(phrases waiting for a writer)"),
+    KeyInfo {
+        key: "recording.enabled",
+        env: "REFEREE_RECORDING",
+        default: "true",
+        allowed: "true or false (also 1/0, yes/no, on/off)",
+        set: |s, v| {
+            s.recording.enabled = boolean(v.text()?)?;
+            Ok(())
+        },
+    },
+    int_key!(recording.max_total_mb: u64, "REFEREE_RECORDING_MAX_TOTAL_MB",
+        default 20480, 0..=1073741824, "(MiB of recordings kept, oldest deleted first; 0 = no limit)"),
+    int_key!(recording.max_age_days: u64, "REFEREE_RECORDING_MAX_AGE_DAYS",
+        default 30, 0..=36500, "(days a recording is kept; 0 = no limit)"),
+    int_key!(recording.queue_frames: usize, "REFEREE_RECORDING_QUEUE_FRAMES",
+        default 512, 1..=1000000, "(frames waiting for the recorder before one is lost to the recording)"),
 ];
 
 /// A value before validation: a scalar as text, or a list of strings (TOML arrays).
@@ -972,6 +1004,12 @@ impl Settings {
                 workers: 0,
                 queue: 0,
             },
+            recording: RecordingSettings {
+                enabled: false,
+                max_total_mb: 0,
+                max_age_days: 0,
+                queue_frames: 0,
+            },
             log_level: String::new(),
         }
     }
@@ -1104,6 +1142,12 @@ mod tests {
             artifacts: ArtifactSettings {
                 workers: 99,
                 queue: 99,
+            },
+            recording: RecordingSettings {
+                enabled: false,
+                max_total_mb: 99,
+                max_age_days: 99,
+                queue_frames: 99,
             },
             log_level: "x".into(),
         };
