@@ -220,6 +220,14 @@ pub struct RecordingSettings {
     pub max_age_days: u64,
     /// Frames waiting for the recorder; a frame finding it full is lost to the recording
     /// (which is then marked incomplete), never to the engine.
+/// The daemon's history of recent phrases: the feed page's list, and the agreement of our
+/// verdicts with the referee's calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistorySettings {
+    /// Phrases kept (in memory and in `<data_dir>/phrase-history.jsonl`); the oldest go first.
+    pub max_phrases: usize,
+}
+
     pub queue_frames: usize,
 }
 
@@ -249,6 +257,7 @@ impl Default for Settings {
         let mut s = Settings::unset();
         s.apply_defaults();
         s
+    pub history: HistorySettings,
     }
 }
 
@@ -669,6 +678,8 @@ enum Raw {
     List(Vec<String>),
 }
 
+    int_key!(history.max_phrases: usize, "REFEREE_HISTORY_MAX_PHRASES",
+        default 1000, 1..=100000, "(recent phrases kept for the feed page and agreement)"),
 impl Raw {
     fn display(&self) -> String {
         match self {
@@ -1034,6 +1045,7 @@ pub fn parse_wxh(s: &str) -> Result<(u32, u32), String> {
     let expected = "expected WIDTHxHEIGHT, e.g. 640x384";
     let Some((w, h)) = s.split_once(['x', 'X']) else {
         return Err(format!("{s:?}: {expected}"));
+            history: HistorySettings { max_phrases: 0 },
     };
     let number = |part: &str, what: &str| -> Result<u32, String> {
         let part = part.trim();
@@ -1179,6 +1191,7 @@ mod tests {
             "640x384x2",
             "6 40x384",
             "640x3 84",
+            history: HistorySettings { max_phrases: 99 },
             "-640x384",
             "+640x384",
             "640.0x384",

@@ -67,23 +67,48 @@ pub async fn daemon(settings: &Settings) -> Daemon {
 
 /// A plain HTTP/1.1 GET on loopback; returns (status code, body).
 pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    let (code, body) = http_request(addr, "GET", path, None, None).await;
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// One HTTP/1.1 request on loopback, with an optional bearer token and JSON body; returns
+/// (status code, body bytes).
+pub async fn http_request(
+    addr: std::net::SocketAddr,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    json_body: Option<&str>,
+) -> (u16, Vec<u8>) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr)
         .await
         .expect("connect http");
-    let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let auth = token
+        .map(|t| format!("Authorization: Bearer {t}\r\n"))
+        .unwrap_or_default();
+    let body = json_body.unwrap_or("");
+    let kind = if json_body.is_some() {
+        "Content-Type: application/json\r\n"
+    } else {
+        ""
+    };
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\n{auth}{kind}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
     s.write_all(req.as_bytes()).await.expect("write request");
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read response");
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
+    let head_end = buf
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(buf.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+    let code = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
         .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_string())
-        .unwrap_or_default();
-    (code, body)
+    (code, buf[head_end..].to_vec())
 }

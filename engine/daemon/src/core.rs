@@ -1,29 +1,38 @@
 //! The engine as the daemon drives it: the engine core, the router that delivers its events
-//! to agents' control streams and to the feed, the async wait for pipeline room, and the
-//! janitor that gives the engine its idle-timeout ticks.
+//! to agents' control streams, to the feed and to the phrase history, the async wait for
+//! pipeline room, and the janitor that gives the engine its idle-timeout ticks.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use referee_engine::{Engine, EngineConfig, EngineError, EngineEvent, EventSink, FramePermit};
+use referee_engine::{
+    Engine, EngineConfig, EngineError, EngineEvent, EventSink, FramePermit, PhraseSignal,
+};
 use referee_pose_api::PoseEstimator;
 use referee_transport::messages::{FeedEvent, ServerMsg};
 use tokio::sync::{mpsc, Notify};
 
 use crate::feed::{FeedHub, DEFAULT_SUBSCRIBER_BUFFER};
+use crate::history::History;
 use crate::map;
 
 /// How often idle sessions are looked for.
 const JANITOR_TICK: Duration = Duration::from_millis(200);
 
-/// Delivers engine events: to the control stream of the agent attached to the session, and
-/// to the feed.
+/// Phrases kept by [`Core::start`] (the daemon sizes its own from `history.max_phrases`).
+pub const DEFAULT_HISTORY_PHRASES: usize = 1000;
+
+/// Delivers engine events: to the control stream of the agent attached to the session, to
+/// the feed, and each verdict to the phrase history.
 pub struct EventRouter {
     outboxes: Mutex<HashMap<String, mpsc::UnboundedSender<ServerMsg>>>,
     feed: FeedHub,
+    history: Arc<History>,
+    /// The model's threshold: a verdict at or above it (and not `uncertain`) is "sure".
+    min_confidence: f32,
     /// Also sees every feed event (the NATS side, when configured); must not block.
     tap: std::sync::OnceLock<FeedTap>,
 }
@@ -32,10 +41,12 @@ pub struct EventRouter {
 pub type FeedTap = Box<dyn Fn(&FeedEvent) + Send + Sync>;
 
 impl EventRouter {
-    fn new() -> Self {
+    fn new(history: Arc<History>, min_confidence: f32) -> Self {
         Self {
             outboxes: Mutex::new(HashMap::new()),
             feed: FeedHub::new(DEFAULT_SUBSCRIBER_BUFFER),
+            history,
+            min_confidence,
             tap: std::sync::OnceLock::new(),
         }
     }
@@ -113,6 +124,14 @@ impl EventSink for EventRouter {
             }
             EngineEvent::Verdict { verdict, repeated } => {
                 let report = map::verdict_report(&verdict);
+                // In the history before anyone hears of it: whoever gets the verdict finds it
+                // on /phrases.
+                if !repeated {
+                    let d = &verdict.decision;
+                    let sure = d.winner != referee_rules::Winner::Uncertain
+                        && d.confidence >= self.min_confidence;
+                    self.history.record_verdict(&report, sure);
+                }
                 self.to_agent(&verdict.session_id, ServerMsg::Verdict(report.clone()));
                 if !repeated {
                     self.publish(FeedEvent::Verdict(report));
@@ -160,14 +179,28 @@ pub struct Core {
     pub engine: Engine,
     /// Where its events go.
     pub router: Arc<EventRouter>,
+    /// The recent phrases with the referee's calls.
+    pub history: Arc<History>,
     room: Arc<Notify>,
     stopped: Arc<AtomicBool>,
 }
 
 impl Core {
-    /// Starts the engine with one pose worker per estimator, and its janitor thread.
+    /// Starts the engine with one pose worker per estimator, and its janitor thread; the
+    /// phrase history is kept in memory only.
     pub fn start(cfg: EngineConfig, estimators: Vec<Box<dyn PoseEstimator>>) -> Self {
-        let router = Arc::new(EventRouter::new());
+        let history = Arc::new(History::in_memory(DEFAULT_HISTORY_PHRASES));
+        Self::start_with_history(cfg, estimators, history)
+    }
+
+    /// [`Core::start`] with the given phrase history (the daemon's persisted one).
+    pub fn start_with_history(
+        cfg: EngineConfig,
+        estimators: Vec<Box<dyn PoseEstimator>>,
+        history: Arc<History>,
+    ) -> Self {
+        let min_confidence = cfg.referee_model.min_confidence;
+        let router = Arc::new(EventRouter::new(history.clone(), min_confidence));
         let engine = Engine::start(cfg, estimators, router.clone());
         let room = Arc::new(Notify::new());
         let notify = room.clone();
@@ -176,6 +209,7 @@ impl Core {
         let core = Self {
             engine,
             router,
+            history,
             room,
             stopped,
         };
@@ -212,14 +246,33 @@ impl Core {
         }
     }
 
+    /// Hands a phrase's signal log to the engine, and keeps the referee's call found in its
+    /// tail (after `Awaiting manual winner selection`) in the history, beside the verdict. The
+    /// engine never sees the call: it reads the log only up to that line. A log sent again
+    /// for a decided phrase (watch mode, once the box has appended the call) is answered by
+    /// the engine with the same verdict; the call it now holds is stored all the same.
+    pub fn signal(&self, signal: PhraseSignal, received_at: Instant) -> Result<(), EngineError> {
+        let call = referee_rules::signal::referee_call(&String::from_utf8_lossy(&signal.bytes));
+        let (session_id, phrase) = (signal.session_id.clone(), signal.phrase);
+        let result = self.engine.signal(signal, received_at);
+        if let Some(call) = call {
+            // Held for a verdict to come only when the engine took the signal.
+            self.history
+                .log_call(&session_id, phrase, &call, result.is_ok());
+        }
+        result
+    }
+
     /// The feed hub.
     pub fn feed(&self) -> &FeedHub {
         self.router.feed()
     }
 
-    /// Stops the janitor, drains the pipeline and joins its threads (blocking).
+    /// Stops the janitor, drains the pipeline, joins its threads and writes out the phrase
+    /// history (blocking).
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::Release);
         self.engine.shutdown();
+        self.history.close();
     }
 }

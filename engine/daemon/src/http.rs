@@ -1,5 +1,6 @@
 //! The daemon's HTTP side: `/healthz`, `/status`, `/metrics` (Prometheus), `/feed/events`
-//! (Server-Sent Events) and the live feed page at `/`.
+//! (Server-Sent Events), the live feed page at `/`, and the phrase history's routes
+//! ([`crate::review`]: `/phrases`, pictures, the referee's call).
 //!
 //! `/status`, `/streaming/stats` and `/feed/events` need a feed token when feed tokens are
 //! configured ([`crate::http_auth::FeedToken`]); `/`, `/healthz` and `/metrics` stay open
@@ -92,6 +93,7 @@ pub fn router(state: HttpState) -> Router {
         .route("/streaming/stats", get(status))
         .route("/metrics", get(prometheus_metrics))
         .route("/feed/events", get(feed_events))
+        .merge(crate::review::routes())
         .with_state(state)
 }
 
@@ -105,6 +107,13 @@ pub async fn serve(
 ) {
     let counters = state.connections.clone();
     crate::http_server::serve(listener, router(state), limits, counters, shutdown).await
+}
+
+impl HttpState {
+    /// The engine core the routes report on.
+    pub fn core(&self) -> &Core {
+        &self.core
+    }
 }
 
 async fn page() -> Html<&'static str> {
@@ -140,6 +149,10 @@ struct StatusDoc {
     feed: FeedDoc,
     /// HTTP connections: open, accepted, refused at the cap, timed out.
     http: crate::http_server::HttpCountersDoc,
+    /// The recent phrases kept (`/phrases`).
+    history: HistoryDoc,
+    /// Our verdicts against the referee's calls, over the phrases in the history.
+    agreement: crate::history::AgreementReport,
     /// The figures the old system's /streaming/stats reported.
     streaming_stats: StreamingStats,
 }
@@ -184,6 +197,12 @@ struct FeedDoc {
     subscribers: usize,
     published: u64,
     dropped_for_slow_subscribers: u64,
+}
+
+#[derive(Serialize)]
+struct HistoryDoc {
+    phrases: usize,
+    max_phrases: usize,
 }
 
 #[derive(Serialize)]
@@ -271,6 +290,11 @@ async fn status(_: FeedToken, State(s): State<HttpState>) -> Json<StatusDoc> {
             dropped_for_slow_subscribers: s.core.feed().lagged(),
         },
         http: s.connections.snapshot(),
+        history: HistoryDoc {
+            phrases: s.core.history.len(),
+            max_phrases: s.core.history.max_phrases(),
+        },
+        agreement: s.core.history.agreement(),
     })
 }
 
@@ -278,6 +302,7 @@ async fn prometheus_metrics(State(s): State<HttpState>) -> Response {
     // Refresh the queue-depth gauges before rendering.
     let _ = s.core.engine.stats().queue_depths();
     metrics::gauge!("referee_memory_rss_bytes").set(rss_mb().unwrap_or(0.0) * 1024.0 * 1024.0);
+    crate::review::export_agreement(&s.core.history);
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         s.metrics.render(),

@@ -8,6 +8,9 @@
 //!   `/metrics`, the feed page and Server-Sent Events, [`http_auth`] the feed token they
 //!   require, [`http_server`] the accept loop with its timeouts and connection cap; [`feed`]:
 //!   the fan-out hub.
+//! - [`history`]: the recent phrases with the referee's calls beside our verdicts, persisted
+//!   in the data dir, and the agreement between the two; [`review`]: their HTTP side
+//!   (`/phrases`, each phrase's overlay and timeline, the referee's call from the page).
 //! - [`map`]: the one mapping between engine values and wire messages.
 //! - [`nats`]: tournament mode (live subjects by piste, the JetStream verdict log with its
 //!   on-disk outbox, the piste registry heartbeat), when `nats.url` is set.
@@ -15,6 +18,7 @@
 
 pub mod core;
 pub mod feed;
+pub mod history;
 pub mod http;
 pub mod http_auth;
 pub mod http_server;
@@ -23,6 +27,7 @@ pub mod nats;
 pub mod offline;
 pub mod pose;
 pub mod quic;
+pub mod review;
 pub mod start;
 
 pub use core::{Core, EventRouter};

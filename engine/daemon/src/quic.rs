@@ -223,11 +223,7 @@ fn handle_capture_msg(
                 return;
             }
             let phrase = signal.phrase;
-            match ctx
-                .core
-                .engine
-                .signal(map::phrase_signal(signal), received_at)
-            {
+            match ctx.core.signal(map::phrase_signal(signal), received_at) {
                 Ok(()) => {
                     let _ = outbox.send(ServerMsg::SignalAck {
                         session_id: id,

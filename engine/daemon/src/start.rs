@@ -45,6 +45,8 @@ pub enum DaemonError {
     Model(#[source] referee_rules::ModelError),
     #[error("NATS: {0}")]
     Nats(#[from] crate::nats::NatsError),
+    #[error("phrase history: {0}")]
+    History(#[from] crate::history::HistoryError),
     #[error("cannot create {path}: {source}")]
     Dir {
         path: PathBuf,
@@ -155,7 +157,11 @@ impl Daemon {
             info!(model = %path.display(), kind = ?model.kind, "right-of-way model loaded");
             cfg.referee_model = Arc::new(model);
         }
-        let core = Core::start(cfg, estimators);
+        let history = crate::history::History::open(
+            &s.server.data_dir.join(crate::history::HISTORY_FILE),
+            s.history.max_phrases,
+        )?;
+        let core = Core::start_with_history(cfg, estimators, Arc::new(history));
         let (stop, stopped) = watch::channel(false);
         let ctx = QuicContext {
             core: core.clone(),

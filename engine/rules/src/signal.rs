@@ -21,7 +21,7 @@
 //! `Awaiting manual winner selection` on is a human's later decision: [`parse_signal`] ignores it
 //! (it never reaches the verdict); [`referee_call`] reads it, to be kept beside the verdict.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::Side;
 
@@ -483,7 +483,7 @@ fn parse_scores(rest: &str) -> Option<Scoreboard> {
 }
 
 /// How the human's call was entered at the scoring box.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CallSource {
     /// `Manual selection winner: ...` (the referee picked a side).

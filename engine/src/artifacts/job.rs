@@ -35,7 +35,7 @@ pub(crate) struct ArtifactJob {
 /// The folder for one phrase's artifacts: `<output_dir>/<session>/phrase-NNN`. The session id
 /// must be a safe name and the path must stay under `output_dir` (checked on the components,
 /// so it holds before the folder exists); anything else is refused, never written.
-pub(crate) fn phrase_dir(
+pub fn phrase_dir(
     output_dir: &Path,
     session_id: &str,
     phrase: u32,
