@@ -40,6 +40,8 @@ enum Command {
     Bench(cmd::bench::Args),
     /// Start a local daemon, stream the sample clip through it and print the verdict.
     Demo(cmd::demo::Args),
+    /// Replay recorded phrases through the engine and check that each verdict is reproduced.
+    Replay(cmd::replay::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -56,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Command::Pistes(a) => cmd::pistes::run(a),
         Command::Bench(a) => cmd::bench::run(a),
         Command::Demo(a) => cmd::demo::run(a),
+        Command::Replay(a) => cmd::replay::run(a),
     }
 }

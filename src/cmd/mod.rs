@@ -9,6 +9,7 @@ pub mod feed;
 pub mod model;
 pub mod pistes;
 pub mod pose;
+pub mod replay;
 pub mod serve;
 pub mod train;
 

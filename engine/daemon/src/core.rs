@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use referee_engine::{
-    Engine, EngineConfig, EngineError, EngineEvent, EventSink, FramePermit, PhraseSignal,
+    Admission, Engine, EngineConfig, EngineError, EngineEvent, EventSink, FrameMeta, FramePermit,
+    PhraseSignal,
 };
 use referee_pose_api::PoseEstimator;
 use referee_transport::messages::{FeedEvent, ServerMsg};
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, Notify};
 use crate::feed::{FeedHub, DEFAULT_SUBSCRIBER_BUFFER};
 use crate::history::History;
 use crate::map;
+use crate::record::Recorder;
 
 /// How often idle sessions are looked for.
 const JANITOR_TICK: Duration = Duration::from_millis(200);
@@ -35,6 +37,8 @@ pub struct EventRouter {
     min_confidence: f32,
     /// Also sees every feed event (the NATS side, when configured); must not block.
     tap: std::sync::OnceLock<FeedTap>,
+    /// The phrase recorder, when recording is on.
+    recorder: std::sync::OnceLock<Recorder>,
 }
 
 /// A consumer of every feed event besides the hub.
@@ -48,7 +52,18 @@ impl EventRouter {
             history,
             min_confidence,
             tap: std::sync::OnceLock::new(),
+            recorder: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Records every later phrase with `recorder` (once; a second one is ignored).
+    pub fn set_recorder(&self, recorder: Recorder) {
+        let _ = self.recorder.set(recorder);
+    }
+
+    /// The phrase recorder, when recording is on.
+    pub fn recorder(&self) -> Option<&Recorder> {
+        self.recorder.get()
     }
 
     /// Sends every later feed event to `tap` too (once; a second tap is ignored).
@@ -134,6 +149,9 @@ impl EventSink for EventRouter {
                 }
                 self.to_agent(&verdict.session_id, ServerMsg::Verdict(report.clone()));
                 if !repeated {
+                    if let Some(r) = self.recorder() {
+                        r.verdict(&verdict.session_id, verdict.phrase, &verdict.detail_json);
+                    }
                     self.publish(FeedEvent::Verdict(report));
                 }
             }
@@ -162,6 +180,9 @@ impl EventSink for EventRouter {
                     },
                 );
                 self.detach(&session_id);
+                if let Some(r) = self.recorder() {
+                    r.session_ended(&session_id);
+                }
                 self.publish(FeedEvent::SessionEnded {
                     session_id,
                     piste,
@@ -254,13 +275,39 @@ impl Core {
     pub fn signal(&self, signal: PhraseSignal, received_at: Instant) -> Result<(), EngineError> {
         let call = referee_rules::signal::referee_call(&String::from_utf8_lossy(&signal.bytes));
         let (session_id, phrase) = (signal.session_id.clone(), signal.phrase);
+        let recorded = self.router.recorder().map(|r| (r, signal.clone()));
         let result = self.engine.signal(signal, received_at);
+        if let (Ok(()), Some((r, signal))) = (&result, recorded) {
+            r.signal(signal);
+        }
         if let Some(call) = call {
             // Held for a verdict to come only when the engine took the signal.
             self.history
                 .log_call(&session_id, phrase, &call, result.is_ok());
         }
         result
+    }
+
+    /// Puts a frame into the pipeline ([`Engine::submit`]); an admitted frame is also handed,
+    /// bytes as received, to the phrase recorder when recording is on (a copy; the recorder's
+    /// queue never blocks).
+    pub fn submit(
+        &self,
+        permit: FramePermit,
+        meta: FrameMeta,
+        bytes: Vec<u8>,
+    ) -> Result<Admission, EngineError> {
+        let Some(recorder) = self.router.recorder() else {
+            return self.engine.submit(permit, meta, bytes);
+        };
+        let arrival = std::time::SystemTime::now();
+        let session = self.engine.session(&meta.session_id).ok();
+        let copy = (meta.clone(), bytes.clone());
+        let admission = self.engine.submit(permit, meta, bytes)?;
+        if let (Admission::Accepted, Some(session)) = (admission, session) {
+            recorder.frame(session, copy.0, copy.1, arrival);
+        }
+        Ok(admission)
     }
 
     /// The feed hub.
@@ -273,6 +320,9 @@ impl Core {
     pub fn shutdown(&self) {
         self.stopped.store(true, Ordering::Release);
         self.engine.shutdown();
+        if let Some(r) = self.router.recorder() {
+            r.shutdown();
+        }
         self.history.close();
     }
 }

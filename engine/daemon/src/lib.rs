@@ -14,6 +14,9 @@
 //! - [`map`]: the one mapping between engine values and wire messages.
 //! - [`nats`]: tournament mode (live subjects by piste, the JetStream verdict log with its
 //!   on-disk outbox, the piste registry heartbeat), when `nats.url` is set.
+//! - [`record`]: the phrase recorder (every phrase as a replayable recording, format in
+//!   `referee-record`), fed by [`Core::submit`], [`Core::signal`] and the router; [`replay`]:
+//!   a recording run through the engine again.
 //! - [`offline`]: the same engine driven from frames in this process (analyze, benches).
 
 pub mod core;
@@ -27,8 +30,10 @@ pub mod nats;
 pub mod offline;
 pub mod pose;
 pub mod quic;
+pub mod record;
+pub mod replay;
 pub mod review;
 pub mod start;
 
 pub use core::{Core, EventRouter};
-pub use start::{engine_config, Daemon, DaemonError};
+pub use start::{engine_config, load_engine_config, Daemon, DaemonError};

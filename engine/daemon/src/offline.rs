@@ -56,16 +56,26 @@ impl OfflineSession {
 
     /// Submits the next frame, waiting for room in the pipeline (backpressure).
     pub async fn push(&mut self, frame: OfflineFrame) -> Result<(), OfflineError> {
+        self.push_numbered(self.next_frame, frame).await
+    }
+
+    /// Submits a frame under its own number (a recording's), waiting for room in the
+    /// pipeline; later [`OfflineSession::push`]es continue after the highest number so far.
+    pub async fn push_numbered(
+        &mut self,
+        number: u64,
+        frame: OfflineFrame,
+    ) -> Result<(), OfflineError> {
         let permit = self.core.reserve().await?;
         let meta = FrameMeta {
             session_id: self.start.session_id.clone(),
-            frame: self.next_frame,
+            frame: number,
             capture_ts_us: frame.capture_ts_us,
             encoding: frame.encoding,
             len: frame.bytes.len() as u32,
         };
-        self.next_frame += 1;
-        self.core.engine.submit(permit, meta, frame.bytes)?;
+        self.next_frame = self.next_frame.max(number + 1);
+        self.core.submit(permit, meta, frame.bytes)?;
         Ok(())
     }
 
@@ -76,21 +86,30 @@ impl OfflineSession {
 
     /// Sends the signal log and waits for the verdict; ends the session afterwards.
     pub async fn finish(
-        mut self,
+        self,
         filename: &str,
         signal: Vec<u8>,
         timeout: Duration,
     ) -> Result<VerdictReport, OfflineError> {
-        self.core.engine.signal(
-            PhraseSignal {
-                session_id: self.start.session_id.clone(),
-                phrase: 0,
-                filename: filename.to_string(),
-                bytes: signal,
-                phrase_start_us: None,
-            },
-            self.core.engine.now(),
-        )?;
+        let signal = PhraseSignal {
+            session_id: self.start.session_id.clone(),
+            phrase: 0,
+            filename: filename.to_string(),
+            bytes: signal,
+            phrase_start_us: None,
+        };
+        self.finish_phrase(signal, timeout).await
+    }
+
+    /// [`OfflineSession::finish`] with a phrase's whole signal (its number and start, as a
+    /// recording has them); `signal.session_id` is this session's.
+    pub async fn finish_phrase(
+        mut self,
+        mut signal: PhraseSignal,
+        timeout: Duration,
+    ) -> Result<VerdictReport, OfflineError> {
+        signal.session_id = self.start.session_id.clone();
+        self.core.engine.signal(signal, self.core.engine.now())?;
         let deadline = Instant::now() + timeout;
         let verdict = loop {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -334,7 +334,7 @@ async fn frame_acceptor(
             let Ok(permit) = core.reserve().await else {
                 return;
             };
-            match core.engine.submit(permit, map::frame_meta(header), bytes) {
+            match core.submit(permit, map::frame_meta(header), bytes) {
                 Ok(Admission::Accepted | Admission::Duplicate) => {}
                 Err(e) => {
                     let _ = outbox.send(ServerMsg::Error(map::engine_error(&e, Some(&id))));

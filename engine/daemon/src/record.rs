@@ -132,6 +132,15 @@ impl RecorderConfig {
     }
 }
 
+/// Records `core`'s phrases with `recorder`: frames, signals and verdicts through the router,
+/// and every referee's call the phrase history stores.
+pub fn attach(core: &crate::Core, recorder: Recorder) {
+    core.router.set_recorder(recorder.clone());
+    core.history.set_tap(Box::new(move |session, phrase, call| {
+        recorder.set_human_call(session, phrase, human_call(call));
+    }));
+}
+
 /// A call the phrase history stored, as a recording keeps it.
 pub fn human_call(c: &crate::history::StoredCall) -> HumanCall {
     use crate::history::{CallOrigin as Origin, HumanCall as Call};

@@ -45,6 +45,8 @@ pub enum DaemonError {
     Model(#[source] referee_rules::ModelError),
     #[error("NATS: {0}")]
     Nats(#[from] crate::nats::NatsError),
+    #[error(transparent)]
+    Recorder(#[from] crate::record::RecorderError),
     #[error("phrase history: {0}")]
     History(#[from] crate::history::HistoryError),
     #[error("cannot create {path}: {source}")]
@@ -74,6 +76,18 @@ pub fn engine_config(s: &Settings) -> EngineConfig {
         },
         ..EngineConfig::default()
     }
+}
+
+/// [`engine_config`] with the right-of-way model the settings name loaded (the daemon's, and
+/// a replay's).
+pub fn load_engine_config(s: &Settings) -> Result<EngineConfig, DaemonError> {
+    let mut cfg = engine_config(s);
+    if let Some(path) = &s.referee.model {
+        let model = referee_rules::Model::load(path).map_err(DaemonError::Model)?;
+        info!(model = %path.display(), kind = ?model.kind, "right-of-way model loaded");
+        cfg.referee_model = Arc::new(model);
+    }
+    Ok(cfg)
 }
 
 /// A running daemon.
@@ -151,17 +165,19 @@ impl Daemon {
             source,
         })?;
 
-        let mut cfg = engine_config(s);
-        if let Some(path) = &s.referee.model {
-            let model = referee_rules::Model::load(path).map_err(DaemonError::Model)?;
-            info!(model = %path.display(), kind = ?model.kind, "right-of-way model loaded");
-            cfg.referee_model = Arc::new(model);
-        }
+        let cfg = load_engine_config(s)?;
         let history = crate::history::History::open(
             &s.server.data_dir.join(crate::history::HISTORY_FILE),
             s.history.max_phrases,
         )?;
         let core = Core::start_with_history(cfg, estimators, Arc::new(history));
+        if s.recording.enabled {
+            let model = crate::record::model_id(s, model_name);
+            let recorder = crate::record::Recorder::start(
+                crate::record::RecorderConfig::from_settings(s, model),
+            )?;
+            crate::record::attach(&core, recorder);
+        }
         let (stop, stopped) = watch::channel(false);
         let ctx = QuicContext {
             core: core.clone(),
