@@ -28,6 +28,10 @@ pub struct EngineConfig {
     pub session_timeout: Duration,
     /// Where per-phrase artifacts go; `None` writes none.
     pub output_dir: Option<PathBuf>,
+    /// Artifact writer threads.
+    pub artifact_workers: usize,
+    /// Phrases waiting for an artifact writer; more are refused (counted).
+    pub artifact_queue: usize,
     /// Default rectification (fisheye, piste band, pose input size).
     pub rectify: RectifyParams,
     /// True to let the agent's undistort hint override the configured fisheye settings.
@@ -51,6 +55,8 @@ impl Default for EngineConfig {
             signal_wait: Duration::from_secs(3),
             session_timeout: Duration::from_secs(60),
             output_dir: None,
+            artifact_workers: 2,
+            artifact_queue: 16,
             rectify: RectifyParams {
                 fisheye_enabled: false,
                 strength: 0.0,

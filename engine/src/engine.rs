@@ -90,12 +90,16 @@ impl Engine {
         }
         let depth = cfg.queue_depth.max(1);
         let ctx = Arc::new(StageContext {
-            cfg,
             stats: EngineStats::default(),
             clock,
             sink,
             verdicts: AtomicU64::new(0),
-            artifact_writers: Mutex::new(Vec::new()),
+            artifacts: crate::artifacts::job::start_pool(
+                cfg.output_dir.as_deref(),
+                cfg.artifact_workers,
+                cfg.artifact_queue,
+            ),
+            cfg,
         });
         // Every channel can hold every permitted frame, so sends never block.
         let (decode_tx, decode_rx) = bounded::<FrameJob>(depth);
@@ -210,6 +214,11 @@ impl Engine {
     /// Verdicts given so far.
     pub fn verdicts(&self) -> u64 {
         self.shared.ctx.verdicts.load(Ordering::Relaxed)
+    }
+
+    /// What the artifacts writer has written, failed and refused (for /status and /healthz).
+    pub fn artifacts(&self) -> crate::artifacts::pool::ArtifactHealth {
+        self.shared.ctx.artifacts.health()
     }
 
     /// Active sessions.
@@ -443,9 +452,6 @@ impl Engine {
                 let _ = t.join();
             }
         }
-        let writers: Vec<_> = std::mem::take(&mut *self.shared.ctx.artifact_writers.lock());
-        for w in writers {
-            let _ = w.join();
-        }
+        self.shared.ctx.artifacts.shutdown();
     }
 }

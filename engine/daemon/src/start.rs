@@ -67,6 +67,8 @@ pub fn engine_config(s: &Settings) -> EngineConfig {
         max_frames_per_session: s.limits.max_frames_per_session,
         session_timeout: Duration::from_secs(s.limits.streaming_session_timeout_s),
         output_dir: Some(s.server.output_dir.clone()),
+        artifact_workers: s.artifacts.workers,
+        artifact_queue: s.artifacts.queue,
         rectify: RectifyParams {
             fisheye_enabled: s.fisheye.enabled,
             strength: s.fisheye.strength,

@@ -1,7 +1,8 @@
 //! Per-phrase artifacts, each written atomically (temp file in the same directory, then rename):
 //! `result.json` ([`write_json_atomic`]), the keypoints workbook in the old system's format
 //! ([`write_keypoints_workbook`]), a timeline plot as SVG ([`write_timeline_svg`]) and an
-//! overlay image of both skeletons at the hit ([`write_overlay`], PNG).
+//! overlay image of both skeletons at the hit ([`write_overlay`], PNG). [`job`] writes one
+//! phrase's set as a whole folder; [`pool`] is the writer threads with their bounded queue.
 
 use std::fmt::Write as _;
 use std::fs::{self, File};
@@ -15,6 +16,7 @@ use serde::Serialize;
 use crate::tracker::TrackedFrame;
 
 pub mod job;
+pub mod pool;
 
 /// Sheet names of the old system's keypoints workbooks, in order (one home: the reader's).
 pub use referee_rules::workbook::SHEETS as WORKBOOK_SHEETS;

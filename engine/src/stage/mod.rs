@@ -12,10 +12,8 @@ pub mod track;
 
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Instant;
 
-use parking_lot::Mutex;
 use referee_pose_api::{FrameEncoding, Person, PreparedFrame, RgbImage};
 
 use crate::admission::FramePermit;
@@ -33,8 +31,9 @@ pub(crate) struct StageContext {
     pub sink: Arc<dyn EventSink>,
     /// Verdicts given so far.
     pub verdicts: AtomicU64,
-    /// Artifact writers still running; joined at shutdown so no artifact is cut short.
-    pub artifact_writers: Mutex<Vec<JoinHandle<()>>>,
+    /// The artifacts writer (a fixed pool with a bounded queue); joined at shutdown so no
+    /// artifact is cut short.
+    pub artifacts: crate::artifacts::job::ArtifactPool,
 }
 
 /// A frame admitted into the pipeline (input of decode).

@@ -515,8 +515,8 @@ impl SessionReferee {
         let dir = ctx.cfg.output_dir.as_deref().and_then(|out| {
             crate::artifacts::job::phrase_dir(out, self.session.id(), p.signal.phrase)
                 .map_err(|e| {
-                    metrics::counter!("referee_artifact_errors_total").increment(1);
                     warn!(session = self.session.id(), error = %e, "artifacts not written");
+                    ctx.artifacts.record_failure(e.to_string());
                 })
                 .ok()
         });
@@ -537,11 +537,8 @@ impl SessionReferee {
                 overlay: self.overlay_frame(&p),
                 rectify: self.session.rectify,
             };
-            if let Some(handle) = crate::artifacts::job::spawn(job) {
-                let mut writers = ctx.artifact_writers.lock();
-                writers.retain(|h| !h.is_finished());
-                writers.push(handle);
-            }
+            // A refusal is warned about and counted by the pool.
+            let _ = ctx.artifacts.submit(job);
         }
         if self.verdicts.len() >= 16 {
             self.verdicts.remove(0);
@@ -711,7 +708,6 @@ mod tests {
     use std::time::Duration;
 
     use crossbeam_channel::Receiver;
-    use parking_lot::Mutex;
     use referee_pose_api::Person;
 
     use super::*;
@@ -748,7 +744,7 @@ mod tests {
             clock: clock.clone(),
             sink: Arc::new(tx),
             verdicts: AtomicU64::new(0),
-            artifact_writers: Mutex::new(Vec::new()),
+            artifacts: crate::artifacts::job::start_pool(None, 1, 1),
         };
         let spec = SessionSpec {
             id: "s".into(),
