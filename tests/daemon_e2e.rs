@@ -153,6 +153,7 @@ async fn a_client_that_vanishes_mid_phrase_leaves_the_daemon_healthy() {
         camera: "c".into(),
         undistort: None,
         resume: false,
+        resume_secret: None,
     };
     write_msg(&mut send, &ClientMsg::SessionStart(start))
         .await

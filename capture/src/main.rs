@@ -114,6 +114,10 @@ struct Cli {
     /// Connection attempts before giving up.
     #[arg(long, default_value_t = 8)]
     retries: u32,
+    /// Seconds to wait for a free session slot while the daemon is full (it streams at most
+    /// limits.max_streaming_sessions at once); the wait does not use up --retries.
+    #[arg(long, default_value_t = 600, value_name = "SECONDS")]
+    slot_wait: u64,
     /// More log output.
     #[arg(long, short)]
     verbose: bool,
@@ -286,6 +290,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     cfg.ring_capacity = cli.ring;
     cfg.live_source = cli.camera.is_some();
     cfg.max_retries = cli.retries;
+    cfg.slot_wait = std::time::Duration::from_secs(cli.slot_wait);
     tracing::info!(
         source = %info.name, width = info.width, height = info.height, fps,
         frames = ?info.frame_count, server = %addr, session = %cfg.session_id, "streaming"

@@ -24,6 +24,8 @@ struct Seen {
     counts: BTreeMap<u64, u32>,
     connections: u32,
     resumes: Vec<bool>,
+    /// The resume secret each `SessionStart` presented.
+    secrets: Vec<Option<String>>,
     signals: Vec<Signal>,
     ended: bool,
 }
@@ -100,11 +102,13 @@ async fn fake_daemon(
         let ack = {
             let mut s = seen.lock().unwrap();
             s.resumes.push(start.resume);
+            s.secrets.push(start.resume_secret.clone());
             ack_of(&s)
         };
         let started = ServerMsg::SessionStarted {
             session_id: start.session_id.clone(),
             ack,
+            resume_secret: format!("secret-{}", start.session_id),
         };
         if write_msg(&mut send, &started).await.is_err() {
             continue;
@@ -256,6 +260,15 @@ async fn agent_resumes_after_a_dropped_connection_and_every_frame_arrives_once()
         "the connection was dropped, so the agent reconnected"
     );
     assert_eq!(s.resumes.first(), Some(&false));
+    // A resume proves the session is this agent's with the secret its SessionStarted gave.
+    assert_eq!(s.secrets.first(), Some(&None));
+    assert!(
+        s.secrets[1..]
+            .iter()
+            .all(|x| x.as_deref() == Some("secret-resume-test")),
+        "{:?}",
+        s.secrets
+    );
     assert!(
         s.resumes[1..].iter().all(|r| *r),
         "later starts are resumes: {:?}",

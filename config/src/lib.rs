@@ -113,6 +113,18 @@ pub struct Limits {
     pub max_streaming_sessions: usize,
     pub max_streaming_memory_mb: u64,
     pub streaming_session_timeout_s: u64,
+    /// QUIC connections held at once (handshakes included); further ones are closed.
+    pub max_connections: usize,
+    /// QUIC connections one source IP address may hold at once.
+    pub max_connections_per_ip: usize,
+    /// Seconds a control message may take to arrive once its length prefix began.
+    pub message_read_timeout_s: u64,
+    /// Seconds a frame stream may take from being accepted to its end.
+    pub frame_read_timeout_s: u64,
+    /// New phrases' signals a session may send at once...
+    pub signal_burst: u32,
+    /// ...and per minute after that.
+    pub signals_per_minute: u32,
 }
 
 /// Pose stage settings.
@@ -434,6 +446,18 @@ pub const KEYS: &[KeyInfo] = &[
         default 1024, 16..=1048576, "(MiB)"),
     int_key!(limits.streaming_session_timeout_s: u64, "REFEREE_STREAMING_SESSION_TIMEOUT",
         default 60, 1..=86400, "(seconds)"),
+    int_key!(limits.max_connections: usize, "REFEREE_MAX_CONNECTIONS",
+        default 256, 1..=100000, "(QUIC connections at once)"),
+    int_key!(limits.max_connections_per_ip: usize, "REFEREE_MAX_CONNECTIONS_PER_IP",
+        default 32, 1..=100000, "(QUIC connections from one IP address)"),
+    int_key!(limits.message_read_timeout_s: u64, "REFEREE_MESSAGE_READ_TIMEOUT",
+        default 5, 1..=600, "(seconds for a control message once it began)"),
+    int_key!(limits.frame_read_timeout_s: u64, "REFEREE_FRAME_READ_TIMEOUT",
+        default 10, 1..=600, "(seconds for a frame stream)"),
+    int_key!(limits.signal_burst: u32, "REFEREE_SIGNAL_BURST",
+        default 4, 1..=1000, "(new phrases' signals a session may send at once)"),
+    int_key!(limits.signals_per_minute: u32, "REFEREE_SIGNALS_PER_MINUTE",
+        default 30, 1..=60000, "(new phrases' signals per session after the burst)"),
     KeyInfo {
         key: "pose.model",
         env: "REFEREE_YOLO_MODEL",
@@ -984,6 +1008,12 @@ impl Settings {
                 max_streaming_sessions: 0,
                 max_streaming_memory_mb: 0,
                 streaming_session_timeout_s: 0,
+                max_connections: 0,
+                max_connections_per_ip: 0,
+                message_read_timeout_s: 0,
+                frame_read_timeout_s: 0,
+                signal_burst: 0,
+                signals_per_minute: 0,
             },
             pose: PoseSettings {
                 model: None,
@@ -1112,6 +1142,12 @@ mod tests {
                 max_streaming_sessions: 1,
                 max_streaming_memory_mb: 1,
                 streaming_session_timeout_s: 1,
+                max_connections: 1,
+                max_connections_per_ip: 1,
+                message_read_timeout_s: 1,
+                frame_read_timeout_s: 1,
+                signal_burst: 1,
+                signals_per_minute: 1,
             },
             pose: PoseSettings {
                 model: Some(PathBuf::from("m")),

@@ -51,6 +51,7 @@ pub fn analyze_video(
                 camera: info.name.clone(),
                 undistort: None,
                 resume: false,
+                resume_secret: None,
             },
         )?;
         // Read as fast as possible: frames carry their media time, not the time read.

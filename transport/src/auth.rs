@@ -132,3 +132,55 @@ impl AuthPolicy {
         !self.tokens.has_tokens(role) && self.loopback
     }
 }
+
+/// A session's resume secret: 128 random bits from the system's secure generator, as 32 hex
+/// digits. The daemon hands it to the agent that opened the session; only that agent can then
+/// resume it.
+pub fn new_session_secret() -> Result<String, TransportError> {
+    let mut bytes = [0u8; 16];
+    crate::tls::provider()
+        .secure_random
+        .fill(&mut bytes)
+        .map_err(|_| TransportError::Config("the system's random generator failed".into()))?;
+    Ok(hex::encode(bytes))
+}
+
+/// A value kept to recognise a secret (a token or a resume secret) later without keeping it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct SecretDigest([u8; 32]);
+
+impl SecretDigest {
+    /// The digest of `secret`.
+    pub fn of(secret: &str) -> Self {
+        SecretDigest(digest(secret))
+    }
+
+    /// True when `secret` is the one this digest was made from (constant time).
+    pub fn matches(&self, secret: &str) -> bool {
+        self.0.ct_eq(&digest(secret)).into()
+    }
+}
+
+impl std::fmt::Debug for SecretDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SecretDigest(<redacted>)")
+    }
+}
+
+#[cfg(test)]
+mod secret_tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_128_bit_hex_and_differ() {
+        let a = new_session_secret().unwrap();
+        let b = new_session_secret().unwrap();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+        let d = SecretDigest::of(&a);
+        assert!(d.matches(&a));
+        assert!(!d.matches(&b));
+        assert!(!d.matches(""));
+    }
+}

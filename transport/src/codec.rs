@@ -8,6 +8,7 @@ use crate::error::TransportError;
 use crate::messages::FrameHeader;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+use std::time::Duration;
 
 /// Size of the length prefix in front of every message.
 pub const PREFIX_LEN: usize = 4;
@@ -24,6 +25,8 @@ pub struct FrameLimits {
     pub max_frame_bytes: usize,
     /// Largest header accepted, in bytes.
     pub max_header_bytes: usize,
+    /// Time allowed from accepting the stream to its end; `None` = no limit.
+    pub read_timeout: Option<Duration>,
 }
 
 impl Default for FrameLimits {
@@ -31,6 +34,7 @@ impl Default for FrameLimits {
         FrameLimits {
             max_frame_bytes: 8 << 20,
             max_header_bytes: MAX_FRAME_HEADER_BYTES,
+            read_timeout: None,
         }
     }
 }
@@ -159,16 +163,59 @@ pub async fn read_msg<T: DeserializeOwned>(
     recv: &mut quinn::RecvStream,
     max_len: usize,
 ) -> Result<Option<T>, TransportError> {
-    let Some(len) = read_prefix(recv, "message length prefix").await? else {
+    read_msg_inner(recv, max_len, None).await
+}
+
+/// [`read_msg`] for a peer that must not hold a half-sent message: waiting for the next
+/// message has no limit, but once its length prefix began to arrive the rest must follow
+/// within `body_timeout` (else [`TransportError::Timeout`]; the stream is then unusable).
+pub async fn read_msg_within<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max_len: usize,
+    body_timeout: Duration,
+) -> Result<Option<T>, TransportError> {
+    read_msg_inner(recv, max_len, Some(body_timeout)).await
+}
+
+async fn read_msg_inner<T: DeserializeOwned>(
+    recv: &mut quinn::RecvStream,
+    max_len: usize,
+    body_timeout: Option<Duration>,
+) -> Result<Option<T>, TransportError> {
+    // The first byte may take as long as the peer likes; the clock starts with it.
+    let mut first = [0u8; 1];
+    // quinn's read fills at least one byte of a non-empty buffer, or reports the end.
+    if recv.read(&mut first).await?.is_none() {
         return Ok(None);
-    };
-    let result = async {
+    }
+    let rest = async {
+        let mut prefix = [first[0], 0, 0, 0];
+        read_exact(recv, &mut prefix[1..], "message length prefix")
+            .await
+            .map_err(|e| match e {
+                TransportError::Truncated { what, got, .. } => TransportError::Truncated {
+                    what,
+                    expected: PREFIX_LEN as u64,
+                    got: got + 1,
+                },
+                other => other,
+            })?;
+        let len = u32::from_le_bytes(prefix) as usize;
         check_len("message", len, max_len)?;
         let mut body = vec![0u8; len];
         read_exact(recv, &mut body, "message").await?;
         decode_body("message", &body)
-    }
-    .await;
+    };
+    let result = match body_timeout {
+        None => rest.await,
+        Some(after) => match tokio::time::timeout(after, rest).await {
+            Ok(r) => r,
+            Err(_) => Err(TransportError::Timeout {
+                what: "reading the rest of a control message",
+                after,
+            }),
+        },
+    };
     if let Err(e) = &result {
         metrics::counter!("referee_transport_message_errors_total", "reason" => e.kind())
             .increment(1);
@@ -224,7 +271,15 @@ pub async fn read_frame(
     mut recv: quinn::RecvStream,
     limits: &FrameLimits,
 ) -> Result<(FrameHeader, Vec<u8>), TransportError> {
-    let result = read_frame_inner(&mut recv, limits).await;
+    let result = match limits.read_timeout {
+        None => read_frame_inner(&mut recv, limits).await,
+        Some(after) => tokio::time::timeout(after, read_frame_inner(&mut recv, limits))
+            .await
+            .unwrap_or(Err(TransportError::Timeout {
+                what: "reading a frame stream",
+                after,
+            })),
+    };
     match &result {
         Ok((_, bytes)) => {
             metrics::counter!("referee_transport_frames_received_total").increment(1);

@@ -23,6 +23,18 @@ pub struct EndpointLimits {
     pub max_frame_bytes: usize,
     /// Largest signal log.
     pub max_signal_bytes: usize,
+    /// Once a control message's length prefix arrived, time allowed for the rest of it.
+    pub message_read_timeout: Duration,
+    /// Time allowed from accepting a frame stream to its end.
+    pub frame_read_timeout: Duration,
+    /// Connections the daemon holds at once (handshakes included).
+    pub max_connections: usize,
+    /// Connections one source IP address may hold at once.
+    pub max_connections_per_ip: usize,
+    /// New phrases' signals a session may send at once (the bucket's size)...
+    pub signal_burst: u32,
+    /// ...and the rate the bucket refills at, per minute.
+    pub signals_per_minute: u32,
 }
 
 impl Default for EndpointLimits {
@@ -41,6 +53,12 @@ impl EndpointLimits {
             max_message_bytes: l.max_message_bytes,
             max_frame_bytes: l.max_frame_bytes,
             max_signal_bytes: l.max_signal_bytes,
+            message_read_timeout: Duration::from_secs(l.message_read_timeout_s),
+            frame_read_timeout: Duration::from_secs(l.frame_read_timeout_s),
+            max_connections: l.max_connections,
+            max_connections_per_ip: l.max_connections_per_ip,
+            signal_burst: l.signal_burst,
+            signals_per_minute: l.signals_per_minute,
         }
     }
 
@@ -49,6 +67,7 @@ impl EndpointLimits {
         crate::codec::FrameLimits {
             max_frame_bytes: self.max_frame_bytes,
             max_header_bytes: crate::codec::MAX_FRAME_HEADER_BYTES,
+            read_timeout: Some(self.frame_read_timeout),
         }
     }
 

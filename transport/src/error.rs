@@ -50,6 +50,14 @@ pub enum TransportError {
     /// The connection or stream was closed (by either side, or lost).
     #[error("connection closed: {0}")]
     Closed(String),
+    /// The peer closed the connection on purpose, with an application close code (see
+    /// [`crate::close_code_name`]) and a reason.
+    #[error("the peer closed the connection: code {code} ({name}): {reason}")]
+    ClosedByPeer {
+        code: u64,
+        name: &'static str,
+        reason: String,
+    },
     /// The settings given to the transport are not usable.
     #[error("invalid transport configuration: {0}")]
     Config(String),
@@ -59,10 +67,21 @@ impl TransportError {
     /// True for errors that a reconnect might cure (lost connection, timeout), false for errors
     /// that will repeat (bad identity, wrong version, unauthorized, malformed data).
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            TransportError::Closed(_) | TransportError::Timeout { .. }
-        ) || matches!(self, TransportError::Io { .. })
+        match self {
+            TransportError::Closed(_) | TransportError::Timeout { .. } => true,
+            TransportError::Io { .. } => true,
+            // A normal end, a restart, a read timeout or a full daemon may pass; a protocol
+            // violation or a refusal repeats.
+            TransportError::ClosedByPeer { code, .. } => [
+                crate::CLOSE_OK,
+                crate::CLOSE_SHUTDOWN,
+                crate::CLOSE_TIMEOUT,
+                crate::CLOSE_TOO_MANY_CONNECTIONS,
+            ]
+            .iter()
+            .any(|c| c.into_inner() == *code),
+            _ => false,
+        }
     }
 
     /// Short stable name of the error kind, used as a metric label.
@@ -78,6 +97,7 @@ impl TransportError {
             TransportError::Timeout { .. } => "timeout",
             TransportError::Io { .. } => "io",
             TransportError::Closed(_) => "closed",
+            TransportError::ClosedByPeer { .. } => "closed_by_peer",
             TransportError::Config(_) => "config",
         }
     }
@@ -108,6 +128,11 @@ impl From<quinn::ConnectionError> for TransportError {
             C::ConnectionClosed(c) if is_crypto(c.error_code) => {
                 TransportError::Tls(format!("the peer aborted the handshake: {c}"))
             }
+            C::ApplicationClosed(c) => TransportError::ClosedByPeer {
+                code: c.error_code.into_inner(),
+                name: crate::close_code_name(c.error_code),
+                reason: String::from_utf8_lossy(&c.reason).into_owned(),
+            },
             C::TimedOut => TransportError::Closed(
                 "no packets from the peer within the idle timeout (network down or peer gone)"
                     .into(),

@@ -32,6 +32,10 @@ pub use tls::{ServerIdentity, Trust};
 /// Re-export so dependants use the same quinn.
 pub use quinn;
 
+// Application close codes: every connection the daemon ends on purpose closes with one of
+// these, after the control stream carried an `Error` saying why (when there was one);
+// [`close_code_name`] gives each a name for messages.
+
 /// Application close code: normal end.
 pub const CLOSE_OK: quinn::VarInt = quinn::VarInt::from_u32(0);
 /// Application close code: protocol violation.
@@ -42,3 +46,21 @@ pub const CLOSE_UNAUTHORIZED: quinn::VarInt = quinn::VarInt::from_u32(2);
 pub const CLOSE_UNSUPPORTED_VERSION: quinn::VarInt = quinn::VarInt::from_u32(3);
 /// Application close code: the server is shutting down.
 pub const CLOSE_SHUTDOWN: quinn::VarInt = quinn::VarInt::from_u32(4);
+/// Application close code: a control message or frame stream was not completed in time.
+pub const CLOSE_TIMEOUT: quinn::VarInt = quinn::VarInt::from_u32(5);
+/// Application close code: the daemon (or this source address) has too many connections.
+pub const CLOSE_TOO_MANY_CONNECTIONS: quinn::VarInt = quinn::VarInt::from_u32(6);
+
+/// A short name for an application close code ("unknown" for codes this build does not know).
+pub fn close_code_name(code: quinn::VarInt) -> &'static str {
+    match code.into_inner() {
+        0 => "normal end",
+        1 => "protocol violation",
+        2 => "unauthorized",
+        3 => "unsupported protocol version",
+        4 => "server shutting down",
+        5 => "timed out",
+        6 => "too many connections",
+        _ => "unknown",
+    }
+}

@@ -57,6 +57,9 @@ pub struct SessionStart {
     pub undistort: Option<UndistortHint>,
     /// True when an agent reconnects to continue an existing session.
     pub resume: bool,
+    /// On resume: the secret the daemon returned in this session's `SessionStarted`, which
+    /// proves that the agent resuming is the one that opened the session.
+    pub resume_secret: Option<String>,
 }
 
 /// The scoring box's log for a phrase, exactly as written by the box.
@@ -159,6 +162,13 @@ pub enum ErrorCode {
     Timeout,
     Overloaded,
     Internal,
+    /// The session belongs to another agent: it was opened on another connection, and this
+    /// one did not prove (with the session's resume secret and token) that it is that agent.
+    NotSessionOwner,
+    /// The daemon, or this source address, has as many connections as it accepts.
+    TooManyConnections,
+    /// The session sent new phrases' signals faster than the daemon decides them.
+    TooManySignals,
 }
 
 /// An error reported to the peer.
@@ -228,6 +238,8 @@ pub enum ServerMsg {
     SessionStarted {
         session_id: String,
         ack: Ack,
+        /// Keep it: a resume of this session must present it (`SessionStart::resume_secret`).
+        resume_secret: String,
     },
     Ack {
         session_id: String,

@@ -122,6 +122,7 @@ async fn oversize_input_is_refused_before_allocation() {
     let limits = FrameLimits {
         max_frame_bytes: 4096,
         max_header_bytes: 256,
+        read_timeout: None,
     };
     // Only the header is sent and the stream is left open: the refusal must come from the
     // header alone, without waiting for (or allocating) the announced 4 GB.
@@ -244,4 +245,67 @@ async fn wrong_alpn_fails_the_handshake_as_unsupported_version() {
     })
     .await
     .expect("test timed out");
+}
+
+/// Issue #16 item 7: a control message whose length prefix arrived without its body held the
+/// reader for good; with a body timeout it ends in `Timeout`, while waiting for a message
+/// that has not begun is not limited.
+#[tokio::test]
+async fn a_half_sent_control_message_times_out_once_it_began() {
+    let (_s, sconn, _c, cconn) = connected().await;
+    let (mut send, _recv) = cconn.open_bi().await.unwrap();
+    send.write_all(&100u32.to_le_bytes()).await.unwrap();
+    let (_ssend, mut recv) = sconn.accept_bi().await.unwrap();
+    let started = std::time::Instant::now();
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        referee_transport::codec::read_msg_within::<ClientMsg>(
+            &mut recv,
+            1 << 20,
+            Duration::from_millis(300),
+        ),
+    )
+    .await
+    .expect("the body timeout must fire");
+    assert!(matches!(r, Err(TransportError::Timeout { .. })), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(2));
+
+    // Between messages the wait has no limit: a message sent long after the previous one
+    // is read whole.
+    let (mut send2, _recv2) = cconn.open_bi().await.unwrap();
+    let ping = |nonce| encode_msg(&ClientMsg::Ping { nonce }).unwrap();
+    send2.write_all(&ping(1)).await.unwrap();
+    let (_ssend2, mut recv2) = sconn.accept_bi().await.unwrap();
+    assert!(matches!(
+        read_within_100ms(&mut recv2).await,
+        Ok(Some(ClientMsg::Ping { nonce: 1 }))
+    ));
+    let later = tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        send2.write_all(&ping(2)).await.unwrap();
+        send2
+    });
+    let r = read_within_100ms(&mut recv2).await;
+    assert!(matches!(r, Ok(Some(ClientMsg::Ping { nonce: 2 }))), "{r:?}");
+    drop(later.await);
+}
+
+/// Issue #16 item 7: a frame stream that stalls after its header is given up after the
+/// frame read timeout instead of holding its reading slot for good.
+#[tokio::test]
+async fn a_stalled_frame_stream_times_out() {
+    let limits = FrameLimits {
+        read_timeout: Some(Duration::from_millis(300)),
+        ..FrameLimits::default()
+    };
+    let started = std::time::Instant::now();
+    let r = frame_result(encode_msg(&header(0, 1000)).unwrap(), limits, false).await;
+    assert!(matches!(r, Err(TransportError::Timeout { .. })), "{r:?}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+async fn read_within_100ms(
+    recv: &mut quinn::RecvStream,
+) -> Result<Option<ClientMsg>, TransportError> {
+    referee_transport::codec::read_msg_within(recv, 1 << 20, Duration::from_millis(100)).await
 }

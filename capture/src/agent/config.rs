@@ -87,6 +87,9 @@ pub struct AgentConfig {
     pub backoff_initial: Duration,
     /// Longest reconnect delay.
     pub backoff_max: Duration,
+    /// How long to keep trying while the daemon is full (no free session slot, or too many
+    /// connections); these refusals do not count against `max_retries`.
+    pub slot_wait: Duration,
     /// Time allowed for the handshake, `Welcome` and `SessionStarted`.
     pub handshake_timeout: Duration,
     /// Time allowed, after the last frame, for the acks to cover every frame; restarts whenever
@@ -124,6 +127,7 @@ impl AgentConfig {
             max_retries: 8,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            slot_wait: Duration::from_secs(600),
             handshake_timeout: Duration::from_secs(10),
             ack_timeout: Duration::from_secs(20),
             verdict_timeout: Duration::from_secs(60),

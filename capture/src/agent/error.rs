@@ -35,6 +35,11 @@ pub enum AgentError {
     /// The daemon stayed unreachable.
     #[error("gave up after {attempts} failed connection attempts; last error: {last}")]
     GaveUp { attempts: u32, last: String },
+    /// The daemon stayed full (no free session slot) for longer than the agent waits.
+    #[error(
+        "no free session slot on the daemon within {waited:?} (--slot-wait); last refusal: {last}"
+    )]
+    NoSlot { waited: Duration, last: String },
     /// No verdict arrived in time.
     #[error("no verdict for phrase {phrase} within {after:?} of sending the signal")]
     VerdictTimeout { phrase: u32, after: Duration },
@@ -48,6 +53,7 @@ impl AgentError {
             AgentError::Source(_) | AgentError::Signal { .. } | AgentError::Config(_) => 2,
             AgentError::Encode(_) => 2,
             AgentError::Transport(_) | AgentError::GaveUp { .. } => 3,
+            AgentError::NoSlot { .. } => 3,
             AgentError::Server { .. } | AgentError::Protocol(_) => 4,
             AgentError::VerdictTimeout { .. } => 5,
         }
@@ -59,13 +65,19 @@ impl AgentError {
 pub(super) enum Failure {
     /// Reconnect and resume (the reason is logged).
     Retry(String),
+    /// The daemon is full (no session slot, too many connections): wait and try again,
+    /// within the agent's slot wait.
+    Busy(String),
     /// Stop with this error.
     Fatal(AgentError),
 }
 
 impl From<TransportError> for Failure {
     fn from(e: TransportError) -> Self {
-        if e.is_retryable() {
+        let full = referee_transport::CLOSE_TOO_MANY_CONNECTIONS.into_inner();
+        if matches!(e, TransportError::ClosedByPeer { code, .. } if code == full) {
+            Failure::Busy(e.to_string())
+        } else if e.is_retryable() {
             Failure::Retry(e.to_string())
         } else {
             Failure::Fatal(AgentError::Transport(e))
@@ -80,7 +92,13 @@ pub(super) fn error_is_per_frame(code: ErrorCode) -> bool {
 
 /// A daemon error: retried when the daemon says it is recoverable, fatal otherwise.
 pub(super) fn server_error(e: ErrorMsg) -> Failure {
-    if e.recoverable {
+    let full = matches!(
+        e.code,
+        ErrorCode::TooManySessions | ErrorCode::MemoryBudget | ErrorCode::TooManyConnections
+    );
+    if full {
+        Failure::Busy(format!("daemon full: {:?}: {}", e.code, e.message))
+    } else if e.recoverable {
         Failure::Retry(format!("daemon error {:?}: {}", e.code, e.message))
     } else {
         Failure::Fatal(AgentError::Server {

@@ -39,10 +39,20 @@ pub(super) async fn start_session(
         camera: cfg.camera.clone(),
         undistort: cfg.undistort,
         resume,
+        resume_secret: if resume {
+            st.resume_secret.clone()
+        } else {
+            None
+        },
     });
     write_msg(ctrl, &start).await?;
     match expect_reply(recv, st, cfg, "SessionStarted").await? {
-        ServerMsg::SessionStarted { ack, .. } => st.apply_ack(ack),
+        ServerMsg::SessionStarted {
+            ack, resume_secret, ..
+        } => {
+            st.apply_ack(ack);
+            st.resume_secret = Some(resume_secret);
+        }
         other => return Err(unexpected("SessionStarted", &other)),
     }
     st.sessions_started += 1;

@@ -21,6 +21,9 @@ pub(super) struct State {
     pub next_new: u64,
     /// Connections that reached `SessionStarted` (the next one resumes when non-zero).
     pub sessions_started: u32,
+    /// The secret of the last `SessionStarted`: a resume presents it to prove the session is
+    /// this agent's (never logged).
+    pub resume_secret: Option<String>,
     pub signals: Signals,
     /// When the last frame was written (every frame handed out, none in flight).
     pub all_sent_at: Option<Instant>,
@@ -43,6 +46,7 @@ impl State {
             last_ack_progress: Instant::now(),
             next_new: 0,
             sessions_started: 0,
+            resume_secret: None,
             signals: Signals::new(once_signal),
             all_sent_at: None,
             end_sent: false,

@@ -11,6 +11,8 @@
 //! - [`history`]: the recent phrases with the referee's calls beside our verdicts, persisted
 //!   in the data dir, and the agreement between the two; [`review`]: their HTTP side
 //!   (`/phrases`, each phrase's overlay and timeline, the referee's call from the page).
+//! - [`owners`]: which connection holds which session (resume secrets, signal budgets);
+//!   [`conns`]: the caps on connections, in all and per address.
 //! - [`map`]: the one mapping between engine values and wire messages.
 //! - [`nats`]: tournament mode (live subjects by piste, the JetStream verdict log with its
 //!   on-disk outbox, the piste registry heartbeat), when `nats.url` is set.
@@ -19,6 +21,7 @@
 //!   a recording run through the engine again.
 //! - [`offline`]: the same engine driven from frames in this process (analyze, benches).
 
+pub mod conns;
 pub mod core;
 pub mod feed;
 pub mod history;
@@ -28,6 +31,7 @@ pub mod http_server;
 pub mod map;
 pub mod nats;
 pub mod offline;
+pub mod owners;
 pub mod pose;
 pub mod quic;
 pub mod record;

@@ -128,6 +128,25 @@ pub fn engine_error(e: &EngineError, session_id: Option<&str>) -> wire::ErrorMsg
     }
 }
 
+/// The protocol error for a refusal about who holds a session (or an engine refusal behind it).
+pub fn owner_error(e: &crate::owners::OwnerError, session_id: Option<&str>) -> wire::ErrorMsg {
+    use crate::owners::OwnerError;
+    use wire::ErrorCode;
+    let (code, recoverable) = match e {
+        OwnerError::Engine(inner) => return engine_error(inner, session_id),
+        OwnerError::NotOwner(_) => (ErrorCode::NotSessionOwner, false),
+        // Waiting and resending the unanswered signal (after a reconnect) succeeds later.
+        OwnerError::TooManySignals { .. } => (ErrorCode::TooManySignals, true),
+        OwnerError::Secret(_) => (ErrorCode::Internal, true),
+    };
+    wire::ErrorMsg {
+        code,
+        message: e.to_string(),
+        recoverable,
+        session_id: session_id.map(str::to_string),
+    }
+}
+
 /// The protocol error for a failure inside a session.
 pub fn failure(session_id: &str, kind: FailureKind, message: &str) -> wire::ErrorMsg {
     let (code, recoverable) = match kind {

@@ -5,30 +5,41 @@
 //! time, and each waits for room in the pipeline (a permit) before it is submitted, so a full
 //! pipeline stops the reading and QUIC flow control slows the agent down; no runtime thread
 //! ever blocks.
+//!
+//! Bounds: connections are capped in all and per address ([`crate::conns`]); a session is used
+//! only by the connection holding it ([`crate::owners`]), which also bounds its signals; a
+//! control message must be completed within `limits.message_read_timeout_s` once begun and a
+//! frame stream within `limits.frame_read_timeout_s`. A connection ended on purpose gets its
+//! `Error` first, then a close with a non-zero code (`referee_transport::CLOSE_*`).
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use parking_lot::Mutex;
 use referee_transport::auth::AuthPolicy;
-use referee_transport::codec::{read_frame, read_msg, write_msg};
+use referee_transport::codec::{read_frame, read_msg_within, write_msg};
 use referee_transport::messages::{
     Ack, ClientMsg, ErrorCode, ErrorMsg, Role, ServerMsg, PROTOCOL_VERSION,
 };
-use referee_transport::EndpointLimits;
+use referee_transport::{EndpointLimits, TransportError};
 use tokio::sync::mpsc;
 use tracing::{debug, info, info_span, warn, Instrument};
 
 use referee_engine::{Admission, Session};
 
+use crate::conns::{ConnLimits, ConnSlot};
 use crate::core::Core;
 use crate::map;
+use crate::owners::{Agent, ConnId, Owners, SignalPolicy};
 
 /// How long a new connection may take to open its control stream and say hello.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often cumulative acks are sent while frames arrive.
 const ACK_INTERVAL: Duration = Duration::from_millis(50);
+/// How long a closing connection waits for its last `Error` to be acknowledged.
+const ERROR_LINGER: Duration = Duration::from_secs(1);
 
 /// What every connection handler needs.
 #[derive(Clone)]
@@ -43,17 +54,50 @@ pub struct QuicContext {
     pub server_name: String,
 }
 
+/// What connections share: who holds which session, the connection caps, the numbering.
+struct Guards {
+    owners: Owners,
+    conns: Arc<ConnLimits>,
+    next_id: AtomicU64,
+}
+
 /// Accepts connections until the endpoint is closed.
 pub async fn serve(endpoint: quinn::Endpoint, ctx: QuicContext) {
+    let guards = Arc::new(Guards {
+        owners: Owners::new(SignalPolicy {
+            burst: ctx.limits.signal_burst,
+            per_minute: ctx.limits.signals_per_minute,
+        }),
+        conns: ConnLimits::new(
+            ctx.limits.max_connections,
+            ctx.limits.max_connections_per_ip,
+        ),
+        next_id: AtomicU64::new(1),
+    });
     while let Some(incoming) = endpoint.accept().await {
         let ctx = ctx.clone();
+        let guards = guards.clone();
         let remote = incoming.remote_address();
+        let slot = guards.conns.try_take(remote.ip());
+        let id = guards.next_id.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(
             async move {
                 metrics::counter!("referee_connections_total").increment(1);
                 match referee_transport::accept(incoming, ctx.limits.handshake_timeout).await {
                     Ok(conn) => {
-                        if let Err(e) = handle_connection(conn, ctx).await {
+                        let slot = match slot {
+                            Ok(slot) => slot,
+                            Err(refusal) => {
+                                warn!(%refusal, "connection refused");
+                                let reason = refusal.to_string();
+                                conn.close(
+                                    referee_transport::CLOSE_TOO_MANY_CONNECTIONS,
+                                    reason.as_bytes(),
+                                );
+                                return;
+                            }
+                        };
+                        if let Err(e) = handle_connection(conn, ctx, guards, id, slot).await {
                             debug!(error = %e, "connection ended");
                         }
                     }
@@ -81,40 +125,54 @@ pub enum ConnError {
     Protocol(String),
 }
 
-async fn handle_connection(conn: quinn::Connection, ctx: QuicContext) -> Result<(), ConnError> {
-    let (mut send, mut recv) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi())
-        .await
-        .map_err(|_| ConnError::Protocol("no control stream within 10 s".into()))??;
-    let hello = tokio::time::timeout(
-        HELLO_TIMEOUT,
-        read_msg::<ClientMsg>(&mut recv, ctx.limits.control_message_limit()),
-    )
-    .await
-    .map_err(|_| ConnError::Protocol("no hello within 10 s".into()))??;
+async fn handle_connection(
+    conn: quinn::Connection,
+    ctx: QuicContext,
+    guards: Arc<Guards>,
+    id: ConnId,
+    _slot: ConnSlot,
+) -> Result<(), ConnError> {
+    let Ok(stream) = tokio::time::timeout(HELLO_TIMEOUT, conn.accept_bi()).await else {
+        close_connection(&conn, None, &timed_out("no control stream within 10 s")).await;
+        return Err(ConnError::Protocol("no control stream within 10 s".into()));
+    };
+    let (mut send, mut recv) = stream?;
+    let hello = read_msg_within::<ClientMsg>(
+        &mut recv,
+        ctx.limits.control_message_limit(),
+        ctx.limits.message_read_timeout,
+    );
+    let hello = match tokio::time::timeout(HELLO_TIMEOUT, hello).await {
+        Err(_) => {
+            close_connection(&conn, Some(send), &timed_out("no Hello within 10 s")).await;
+            return Err(ConnError::Protocol("no hello within 10 s".into()));
+        }
+        Ok(Err(e)) => {
+            if let Some(v) = Violation::of(&e) {
+                close_connection(&conn, Some(send), &v).await;
+            }
+            return Err(e.into());
+        }
+        Ok(Ok(hello)) => hello,
+    };
     let Some(ClientMsg::Hello {
         role,
         token,
         client,
     }) = hello
     else {
-        let err = error(
-            ErrorCode::ProtocolViolation,
-            "the first message must be Hello",
-            false,
-        );
-        let _ = write_msg(&mut send, &ServerMsg::Error(err)).await;
-        let _ = send.finish();
+        let v = Violation::protocol("the first message must be Hello".into());
+        close_connection(&conn, Some(send), &v).await;
         return Err(ConnError::Protocol("first message was not Hello".into()));
     };
     if let Err(e) = ctx.auth.authorize(role, &token) {
         metrics::counter!("referee_auth_failures_total").increment(1);
         warn!(?role, %client, error = %e, "refused");
-        let err = error(ErrorCode::Unauthorized, &e.to_string(), false);
-        let _ = write_msg(&mut send, &ServerMsg::Error(err)).await;
-        let _ = send.finish();
-        // Give the error a moment to leave before closing.
-        tokio::time::sleep(Duration::from_millis(50)).await;
-        conn.close(referee_transport::CLOSE_UNAUTHORIZED, b"unauthorized");
+        let v = Violation {
+            error: error(ErrorCode::Unauthorized, &e.to_string(), false),
+            close: referee_transport::CLOSE_UNAUTHORIZED,
+        };
+        close_connection(&conn, Some(send), &v).await;
         return Ok(());
     }
     info!(?role, %client, "client connected");
@@ -127,8 +185,93 @@ async fn handle_connection(conn: quinn::Connection, ctx: QuicContext) -> Result<
     )
     .await?;
     match role {
-        Role::Capture => capture_connection(conn, send, recv, ctx).await,
-        Role::Feed => feed_connection(send, recv, ctx).await,
+        Role::Capture => {
+            let peer = Peer {
+                conn,
+                id,
+                token,
+                guards,
+            };
+            capture_connection(peer, send, recv, ctx).await
+        }
+        Role::Feed => feed_connection(conn, send, recv, ctx).await,
+    }
+}
+
+/// Why the daemon ends a connection on purpose: the error the peer is told, the close code.
+struct Violation {
+    error: ErrorMsg,
+    close: quinn::VarInt,
+}
+
+impl Violation {
+    /// The violation behind a control-stream read error; `None` when the peer just went away.
+    fn of(e: &TransportError) -> Option<Self> {
+        match e {
+            TransportError::Closed(_) | TransportError::ClosedByPeer { .. } => None,
+            TransportError::Io { .. } => None,
+            TransportError::Timeout { .. } => Some(timed_out(&e.to_string())),
+            other => Some(Self::protocol(format!("bad control message: {other}"))),
+        }
+    }
+
+    fn protocol(message: String) -> Self {
+        Violation {
+            error: error(ErrorCode::ProtocolViolation, &message, false),
+            close: referee_transport::CLOSE_PROTOCOL,
+        }
+    }
+}
+
+fn timed_out(message: &str) -> Violation {
+    Violation {
+        error: error(ErrorCode::Timeout, message, true),
+        close: referee_transport::CLOSE_TIMEOUT,
+    }
+}
+
+/// Ends `conn` on purpose: writes the violation's `Error` on the control stream (when there
+/// is one), finishes it, waits (at most [`ERROR_LINGER`]) until the peer acknowledged it, then
+/// closes with the violation's code and message.
+async fn close_connection(
+    conn: &quinn::Connection,
+    send: Option<quinn::SendStream>,
+    v: &Violation,
+) {
+    metrics::counter!(
+        "referee_connections_closed_total",
+        "reason" => referee_transport::close_code_name(v.close)
+    )
+    .increment(1);
+    if let Some(mut send) = send {
+        let _ = write_msg(&mut send, &ServerMsg::Error(v.error.clone())).await;
+        linger(send).await;
+    }
+    let reason: String = v.error.message.chars().take(200).collect();
+    conn.close(v.close, reason.as_bytes());
+}
+
+/// Finishes `send` and waits (at most [`ERROR_LINGER`]) for the peer to acknowledge its data.
+async fn linger(mut send: quinn::SendStream) {
+    if send.finish().is_ok() {
+        let _ = tokio::time::timeout(ERROR_LINGER, send.stopped()).await;
+    }
+}
+
+/// A capture agent's connection as its handlers see it.
+struct Peer {
+    conn: quinn::Connection,
+    id: ConnId,
+    token: String,
+    guards: Arc<Guards>,
+}
+
+impl Peer {
+    fn agent(&self) -> Agent<'_> {
+        Agent {
+            conn: self.id,
+            token: &self.token,
+        }
     }
 }
 
@@ -144,7 +287,7 @@ fn error(code: ErrorCode, message: &str, recoverable: bool) -> ErrorMsg {
 type Owned = Arc<Mutex<Vec<Arc<Session>>>>;
 
 async fn capture_connection(
-    conn: quinn::Connection,
+    peer: Peer,
     send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     ctx: QuicContext,
@@ -152,30 +295,64 @@ async fn capture_connection(
     let (outbox, inbox) = mpsc::unbounded_channel::<ServerMsg>();
     let owned: Owned = Arc::new(Mutex::new(Vec::new()));
     let writer = tokio::spawn(control_writer(send, inbox, owned.clone()));
-    let frames = tokio::spawn(frame_acceptor(conn.clone(), ctx.clone(), outbox.clone()));
+    let frames = tokio::spawn(frame_acceptor(
+        peer.conn.clone(),
+        ctx.clone(),
+        outbox.clone(),
+        peer.guards.clone(),
+        peer.id,
+    ));
 
-    let result = loop {
-        let msg = match read_msg::<ClientMsg>(&mut recv, ctx.limits.control_message_limit()).await {
+    let (result, violation) = loop {
+        let read = read_msg_within::<ClientMsg>(
+            &mut recv,
+            ctx.limits.control_message_limit(),
+            ctx.limits.message_read_timeout,
+        );
+        let msg = match read.await {
             Ok(Some(msg)) => msg,
-            Ok(None) => break Ok(()),
+            Ok(None) => break (Ok(()), None),
             Err(e) => {
-                let _ = outbox.send(ServerMsg::Error(error(
-                    ErrorCode::ProtocolViolation,
-                    &format!("bad control message: {e}"),
-                    false,
-                )));
-                break Err(ConnError::Transport(e));
+                let v = Violation::of(&e);
+                break (Err(ConnError::Transport(e)), v);
             }
         };
-        handle_capture_msg(msg, &ctx, &outbox, &owned);
+        handle_capture_msg(msg, &ctx, &outbox, &owned, &peer);
     };
-    // The agent is gone (or misbehaved): its sessions stay open for a resume until they time out.
-    for s in owned.lock().iter() {
-        ctx.core.router.detach(s.id());
+    // The agent is gone (or misbehaved): the sessions it held stay open for a resume until
+    // they time out (one taken over by a resuming connection is that one's now).
+    for id in peer.guards.owners.release(peer.id) {
+        ctx.core.router.detach(&id);
     }
     frames.abort();
+    if let Some(v) = &violation {
+        let _ = outbox.send(ServerMsg::Error(v.error.clone()));
+    }
     drop(outbox);
-    let _ = tokio::time::timeout(Duration::from_secs(2), writer).await;
+    let send = match tokio::time::timeout(Duration::from_secs(2), writer).await {
+        Ok(Ok(send)) => send,
+        _ => None,
+    };
+    match violation {
+        // The Error is queued last: it goes, then the close with its code.
+        Some(v) => {
+            metrics::counter!(
+                "referee_connections_closed_total",
+                "reason" => referee_transport::close_code_name(v.close)
+            )
+            .increment(1);
+            if let Some(send) = send {
+                linger(send).await;
+            }
+            let reason: String = v.error.message.chars().take(200).collect();
+            peer.conn.close(v.close, reason.as_bytes());
+        }
+        None => {
+            if let Some(mut send) = send {
+                let _ = send.finish();
+            }
+        }
+    }
     result
 }
 
@@ -184,24 +361,30 @@ fn handle_capture_msg(
     ctx: &QuicContext,
     outbox: &mpsc::UnboundedSender<ServerMsg>,
     owned: &Owned,
+    peer: &Peer,
 ) {
     let reply_err = |e: ErrorMsg| {
         let _ = outbox.send(ServerMsg::Error(e));
     };
+    let owners = &peer.guards.owners;
+    let engine = &ctx.core.engine;
     match msg {
-        ClientMsg::SessionStart(start) => {
+        ClientMsg::SessionStart(mut start) => {
             let id = start.session_id.clone();
-            match ctx.core.engine.open_session(map::session_spec(start)) {
-                Ok(session) => {
+            let secret = start.resume_secret.take();
+            let spec = map::session_spec(start);
+            match owners.open(engine, spec, secret.as_deref(), peer.agent()) {
+                Ok(opened) => {
                     ctx.core.router.attach(&id, outbox.clone());
-                    let ack = session.received.lock().to_ack();
-                    owned.lock().push(session);
+                    let ack = opened.session.received.lock().to_ack();
+                    owned.lock().push(opened.session);
                     let _ = outbox.send(ServerMsg::SessionStarted {
                         session_id: id,
                         ack,
+                        resume_secret: opened.resume_secret,
                     });
                 }
-                Err(e) => reply_err(map::engine_error(&e, Some(&id))),
+                Err(e) => reply_err(map::owner_error(&e, Some(&id))),
             }
         }
         ClientMsg::Signal(signal) => {
@@ -223,6 +406,10 @@ fn handle_capture_msg(
                 return;
             }
             let phrase = signal.phrase;
+            if let Err(e) = owners.admit_signal(engine, &id, phrase, peer.id) {
+                reply_err(map::owner_error(&e, Some(&id)));
+                return;
+            }
             match ctx.core.signal(map::phrase_signal(signal), received_at) {
                 Ok(()) => {
                     let _ = outbox.send(ServerMsg::SignalAck {
@@ -234,13 +421,19 @@ fn handle_capture_msg(
             }
         }
         ClientMsg::End { session_id } => {
-            if let Err(e) = ctx.core.engine.end_session(&session_id) {
+            if let Err(e) = owners.check(engine, &session_id, peer.id) {
+                reply_err(map::owner_error(&e, Some(&session_id)));
+            } else if let Err(e) = engine.end_session(&session_id) {
                 reply_err(map::engine_error(&e, Some(&session_id)));
             }
         }
         ClientMsg::Abort { session_id, reason } => {
+            if let Err(e) = owners.check(engine, &session_id, peer.id) {
+                reply_err(map::owner_error(&e, Some(&session_id)));
+                return;
+            }
             info!(session = %session_id, %reason, "agent aborted the session");
-            if let Err(e) = ctx.core.engine.abort_session(&session_id) {
+            if let Err(e) = engine.abort_session(&session_id) {
                 reply_err(map::engine_error(&e, Some(&session_id)));
             }
         }
@@ -255,12 +448,14 @@ fn handle_capture_msg(
     }
 }
 
-/// Writes queued messages to the control stream and sends cumulative acks as frames arrive.
+/// Writes queued messages to the control stream and sends cumulative acks as frames arrive;
+/// once the inbox closes, returns the stream (unfinished) for the caller to end, or `None`
+/// when a write failed.
 async fn control_writer(
     mut send: quinn::SendStream,
     mut inbox: mpsc::UnboundedReceiver<ServerMsg>,
     owned: Owned,
-) {
+) -> Option<quinn::SendStream> {
     let mut last_acks: HashMap<String, Ack> = HashMap::new();
     let mut tick = tokio::time::interval(ACK_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -269,7 +464,7 @@ async fn control_writer(
             msg = inbox.recv() => {
                 let Some(msg) = msg else { break };
                 if write_msg(&mut send, &msg).await.is_err() {
-                    break;
+                    return None;
                 }
             }
             _ = tick.tick() => {
@@ -280,14 +475,14 @@ async fn control_writer(
                         last_acks.insert(s.id().to_string(), ack.clone());
                         let msg = ServerMsg::Ack { session_id: s.id().to_string(), ack };
                         if write_msg(&mut send, &msg).await.is_err() {
-                            return;
+                            return None;
                         }
                     }
                 }
             }
         }
     }
-    let _ = send.finish();
+    Some(send)
 }
 
 /// Frame streams one connection may have open (being read or waiting for the pipeline).
@@ -301,6 +496,8 @@ async fn frame_acceptor(
     conn: quinn::Connection,
     ctx: QuicContext,
     outbox: mpsc::UnboundedSender<ServerMsg>,
+    guards: Arc<Guards>,
+    conn_id: ConnId,
 ) {
     let slots = Arc::new(tokio::sync::Semaphore::new(READING_SLOTS));
     loop {
@@ -314,15 +511,23 @@ async fn frame_acceptor(
         let core = ctx.core.clone();
         let limits = ctx.limits.frame_limits();
         let outbox = outbox.clone();
+        let guards = guards.clone();
         tokio::spawn(async move {
             let _slot = slot;
             let (header, bytes) = match read_frame(stream, &limits).await {
                 Ok(f) => f,
                 Err(e) => {
-                    metrics::counter!("referee_frame_stream_errors_total").increment(1);
+                    // A stalled stream is given up (its slot freed); the agent resends the
+                    // frame after reconnecting, since it was never acked.
+                    let code = match e {
+                        TransportError::Timeout { .. } => ErrorCode::Timeout,
+                        _ => ErrorCode::BadFrame,
+                    };
+                    metrics::counter!("referee_frame_stream_errors_total", "reason" => e.kind())
+                        .increment(1);
                     warn!(error = %e, "bad frame stream");
                     let _ = outbox.send(ServerMsg::Error(ErrorMsg {
-                        code: ErrorCode::BadFrame,
+                        code,
                         message: format!("frame stream rejected: {e}"),
                         recoverable: true,
                         session_id: None,
@@ -331,6 +536,13 @@ async fn frame_acceptor(
                 }
             };
             let id = header.session_id.clone();
+            // Only the connection holding the session may add frames to it.
+            if let Err(e) = guards.owners.check(&core.engine, &id, conn_id) {
+                metrics::counter!("referee_frames_refused_total", "reason" => "not_owner")
+                    .increment(1);
+                let _ = outbox.send(ServerMsg::Error(map::owner_error(&e, Some(&id))));
+                return;
+            }
             let Ok(permit) = core.reserve().await else {
                 return;
             };
@@ -345,32 +557,48 @@ async fn frame_acceptor(
 }
 
 async fn feed_connection(
+    conn: quinn::Connection,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     ctx: QuicContext,
 ) -> Result<(), ConnError> {
-    let pistes = match read_msg::<ClientMsg>(&mut recv, ctx.limits.control_message_limit()).await? {
-        Some(ClientMsg::FeedSubscribe { pistes }) => pistes,
-        Some(_) => {
-            let err = error(
-                ErrorCode::ProtocolViolation,
-                "a feed connection must send FeedSubscribe",
-                false,
-            );
-            let _ = write_msg(&mut send, &ServerMsg::Error(err)).await;
+    let (max, body_timeout) = (
+        ctx.limits.control_message_limit(),
+        ctx.limits.message_read_timeout,
+    );
+    let pistes = match read_msg_within::<ClientMsg>(&mut recv, max, body_timeout).await {
+        Ok(Some(ClientMsg::FeedSubscribe { pistes })) => pistes,
+        Ok(Some(_)) => {
+            let v = Violation::protocol("a feed connection must send FeedSubscribe".into());
+            close_connection(&conn, Some(send), &v).await;
             return Err(ConnError::Protocol("expected FeedSubscribe".into()));
         }
-        None => return Ok(()),
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            if let Some(v) = Violation::of(&e) {
+                close_connection(&conn, Some(send), &v).await;
+            }
+            return Err(e.into());
+        }
     };
     info!(?pistes, "feed subscriber joined");
     let mut sub = ctx.core.feed().subscribe(pistes);
     // Reading happens in its own task: a partially read message must never be cancelled.
-    let (pings_tx, mut pings) = mpsc::channel::<u64>(8);
-    let max = ctx.limits.control_message_limit();
+    let (pings_tx, mut pings) = mpsc::channel::<Result<u64, Violation>>(8);
     let reader = tokio::spawn(async move {
-        while let Ok(Some(msg)) = read_msg::<ClientMsg>(&mut recv, max).await {
+        loop {
+            let msg = match read_msg_within::<ClientMsg>(&mut recv, max, body_timeout).await {
+                Ok(Some(msg)) => msg,
+                Ok(None) => break,
+                Err(e) => {
+                    if let Some(v) = Violation::of(&e) {
+                        let _ = pings_tx.send(Err(v)).await;
+                    }
+                    break;
+                }
+            };
             if let ClientMsg::Ping { nonce } = msg {
-                if pings_tx.send(nonce).await.is_err() {
+                if pings_tx.send(Ok(nonce)).await.is_err() {
                     break;
                 }
             }
@@ -382,9 +610,14 @@ async fn feed_connection(
                 let Some(event) = event else { break };
                 write_msg(&mut send, &ServerMsg::Feed(event)).await?;
             }
-            nonce = pings.recv() => {
-                let Some(nonce) = nonce else { break };
-                write_msg(&mut send, &ServerMsg::Pong { nonce }).await?;
+            nonce = pings.recv() => match nonce {
+                Some(Ok(nonce)) => write_msg(&mut send, &ServerMsg::Pong { nonce }).await?,
+                Some(Err(v)) => {
+                    reader.abort();
+                    close_connection(&conn, Some(send), &v).await;
+                    return Ok(());
+                }
+                None => break,
             }
         }
     }

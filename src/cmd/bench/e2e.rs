@@ -165,6 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     camera: "replay".into(),
                     undistort: None,
                     resume: false,
+                    resume_secret: None,
                 };
                 let (v, took) =
                     buffered_verdict(&daemon.core, start, frames, "signal.txt", signal.clone())

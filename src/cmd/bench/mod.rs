@@ -3,6 +3,7 @@
 pub mod e2e;
 pub mod pose;
 pub mod rules;
+pub mod soak;
 pub mod transport;
 
 /// Arguments of `referee bench`.
@@ -22,6 +23,9 @@ enum Which {
     Analyze(rules::Args),
     /// Agent -> daemon on loopback at real-time pacing vs the old buffered approach.
     E2e(e2e::Args),
+    /// Several pistes streaming for a long time through random network cuts: frames, verdicts,
+    /// memory and file descriptors over time.
+    Soak(soak::Args),
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
@@ -30,5 +34,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Which::Transport(a) => transport::run(a),
         Which::Analyze(a) => rules::run(a),
         Which::E2e(a) => e2e::run(a),
+        Which::Soak(a) => soak::run(a),
     }
 }

@@ -139,6 +139,7 @@ pub fn all_client_msgs() -> Vec<ClientMsg> {
                 balance: 0.1,
             }),
             resume: true,
+            resume_secret: Some("00112233445566778899aabbccddeeff".into()),
         }),
         ClientMsg::Signal(Signal {
             session_id: "s1".into(),
@@ -170,6 +171,7 @@ pub fn all_server_msgs() -> Vec<ServerMsg> {
         ServerMsg::SessionStarted {
             session_id: "s1".into(),
             ack: ack(),
+            resume_secret: "00112233445566778899aabbccddeeff".into(),
         },
         ServerMsg::Ack {
             session_id: "s1".into(),
