@@ -120,9 +120,29 @@ async fn page() -> Html<&'static str> {
     Html(FEED_PAGE)
 }
 
+/// What is wrong with the daemon now, in words; empty = healthy.
+pub fn health_problems(s: &HttpState) -> Vec<String> {
+    let mut problems = Vec::new();
+    let a = s.core.engine.artifacts();
+    if a.degraded {
+        problems.push(format!(
+            "artifacts: the last phrase's were not written ({} failed, {} refused so far): {}",
+            a.failed,
+            a.refused,
+            a.last_error.as_deref().unwrap_or("unknown error")
+        ));
+    }
+    problems
+}
+
+/// Always 200 while the daemon answers (it still gives verdicts, so a liveness probe must
+/// not restart it); `status` is "degraded", with `problems`, while something needs a person
+/// (e.g. artifacts failing to be written).
 async fn healthz(State(s): State<HttpState>) -> Response {
+    let problems = health_problems(&s);
     let body = serde_json::json!({
-        "status": "ok",
+        "status": if problems.is_empty() { "ok" } else { "degraded" },
+        "problems": problems,
         "uptime_s": s.started.elapsed().as_secs_f64(),
         "sessions": s.core.engine.sessions().len(),
     });
@@ -149,6 +169,8 @@ struct StatusDoc {
     feed: FeedDoc,
     /// HTTP connections: open, accepted, refused at the cap, timed out.
     http: crate::http_server::HttpCountersDoc,
+    /// The artifacts writer: written, failed, refused, the last error and when.
+    artifacts: referee_engine::artifacts::pool::ArtifactHealth,
     /// The recent phrases kept (`/phrases`).
     history: HistoryDoc,
     /// Our verdicts against the referee's calls, over the phrases in the history.
@@ -290,6 +312,7 @@ async fn status(_: FeedToken, State(s): State<HttpState>) -> Json<StatusDoc> {
             dropped_for_slow_subscribers: s.core.feed().lagged(),
         },
         http: s.connections.snapshot(),
+        artifacts: e.artifacts(),
         history: HistoryDoc {
             phrases: s.core.history.len(),
             max_phrases: s.core.history.max_phrases(),

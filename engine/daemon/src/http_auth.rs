@@ -23,7 +23,7 @@ use crate::http::HttpState;
 pub struct FeedToken;
 
 impl FromRequestParts<HttpState> for FeedToken {
-    type Rejection = Response;
+    type Rejection = Unauthorized;
 
     async fn from_request_parts(
         parts: &mut Parts,
@@ -57,20 +57,30 @@ pub fn request_token(parts: &Parts) -> Option<String> {
     })
 }
 
-/// Checks that the request may read the feed under `auth`; `Err` is the 401 answer to send.
-pub fn require_feed_token(auth: &AuthPolicy, parts: &Parts) -> Result<(), Response> {
-    let token = request_token(parts).unwrap_or_default();
-    auth.authorize(Role::Feed, &token).map_err(|e| {
-        metrics::counter!("referee_http_unauthorized_total").increment(1);
-        tracing::debug!(path = %parts.uri.path(), error = %e, "HTTP request refused");
+/// A request refused for want of a valid feed token; answered 401.
+#[derive(Debug)]
+pub struct Unauthorized(String);
+
+impl IntoResponse for Unauthorized {
+    fn into_response(self) -> Response {
         (
             StatusCode::UNAUTHORIZED,
             [(header::WWW_AUTHENTICATE, "Bearer")],
             Json(serde_json::json!({
-                "error": e.to_string(),
+                "error": self.0,
                 "hint": "send `Authorization: Bearer TOKEN` or add ?token=TOKEN (a feed token)",
             })),
         )
             .into_response()
+    }
+}
+
+/// Checks that the request may read the feed under `auth`.
+pub fn require_feed_token(auth: &AuthPolicy, parts: &Parts) -> Result<(), Unauthorized> {
+    let token = request_token(parts).unwrap_or_default();
+    auth.authorize(Role::Feed, &token).map_err(|e| {
+        metrics::counter!("referee_http_unauthorized_total").increment(1);
+        tracing::debug!(path = %parts.uri.path(), error = %e, "HTTP request refused");
+        Unauthorized(e.to_string())
     })
 }

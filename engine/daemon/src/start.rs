@@ -55,6 +55,23 @@ pub enum DaemonError {
         #[source]
         source: std::io::Error,
     },
+    /// Refused at start rather than run and lose every phrase's artifacts (or the identity).
+    #[error("cannot write to {path} ({key}): {source}; the daemon does not start without a writable {key}: fix its permissions or point {key} elsewhere")]
+    NotWritable {
+        path: PathBuf,
+        key: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Checks that files can be created in `dir`: creates, writes and removes a probe file.
+fn probe_writable(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let probe = dir.join(format!(".referee-write-check-{}", std::process::id()));
+    let written = std::fs::File::create(&probe).and_then(|mut f| f.write_all(b"ok\n"));
+    let _ = std::fs::remove_file(&probe);
+    written
 }
 
 /// Maps the daemon settings onto the engine core's.
@@ -118,9 +135,17 @@ impl Daemon {
         model_name: &str,
     ) -> Result<Self, DaemonError> {
         let s = settings;
-        for dir in [&s.server.output_dir, &s.server.data_dir] {
+        for (dir, key) in [
+            (&s.server.output_dir, "server.output_dir"),
+            (&s.server.data_dir, "server.data_dir"),
+        ] {
             std::fs::create_dir_all(dir).map_err(|source| DaemonError::Dir {
                 path: dir.clone(),
+                source,
+            })?;
+            probe_writable(dir).map_err(|source| DaemonError::NotWritable {
+                path: dir.clone(),
+                key,
                 source,
             })?;
         }
