@@ -97,7 +97,7 @@ fn transport_config(
     Ok(t)
 }
 
-/// Binds a QUIC server endpoint speaking ALPN `referee/1` over TLS 1.3.
+/// Binds a QUIC server endpoint speaking ALPN `referee/2` over TLS 1.3.
 pub fn server_endpoint(
     addr: SocketAddr,
     identity: &ServerIdentity,
@@ -211,7 +211,7 @@ pub async fn connect_with_timeout(
     Ok(conn)
 }
 
-/// Completes an incoming connection within `timeout` and checks it negotiated `referee/1`.
+/// Completes an incoming connection within `timeout` and checks it negotiated `referee/2`.
 pub async fn accept(
     incoming: quinn::Incoming,
     timeout: Duration,
@@ -242,7 +242,7 @@ pub async fn accept(
     result
 }
 
-/// Errors unless the connection negotiated ALPN `referee/1` (closing it with a reason if not).
+/// Errors unless the connection negotiated ALPN `referee/2` (closing it with a reason if not).
 pub fn check_alpn(conn: &quinn::Connection) -> Result<(), TransportError> {
     let proto = conn
         .handshake_data()
@@ -259,7 +259,7 @@ pub fn check_alpn(conn: &quinn::Connection) -> Result<(), TransportError> {
                 b"unsupported protocol version",
             );
             Err(TransportError::UnsupportedVersion(format!(
-                "peer negotiated {offered:?}, expected \"referee/1\""
+                "peer negotiated {offered:?}, expected \"referee/2\""
             )))
         }
     }

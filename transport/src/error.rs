@@ -26,7 +26,7 @@ pub enum TransportError {
     #[error("malformed {what}: {detail}")]
     Malformed { what: &'static str, detail: String },
     /// The peer speaks another protocol version (ALPN mismatch) or QUIC version.
-    #[error("unsupported protocol version: {0} (this build speaks ALPN `referee/1`; upgrade the older side)")]
+    #[error("unsupported protocol version: {0} (this build speaks ALPN `referee/2`; upgrade the older side)")]
     UnsupportedVersion(String),
     /// A token was missing or wrong, or a role is not allowed.
     #[error("unauthorized: {0}")]

@@ -6,10 +6,13 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Protocol version, carried in the ALPN string (`referee/1`).
-pub const PROTOCOL_VERSION: u16 = 1;
-/// ALPN identifier for protocol version 1.
-pub const ALPN: &[u8] = b"referee/1";
+/// Protocol version, carried in the ALPN string (`referee/2`). Version 2 added the session's
+/// resume secret (`SessionStarted::resume_secret`, `SessionStart::resume_secret`): a version-1
+/// peer fails the handshake with a clear "unsupported protocol version" instead of misreading
+/// messages.
+pub const PROTOCOL_VERSION: u16 = 2;
+/// ALPN identifier for protocol version 2.
+pub const ALPN: &[u8] = b"referee/2";
 
 /// What a connecting peer wants to do; each role has its own token list.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -316,7 +316,7 @@ impl ServerCertVerifier for PinnedVerifier {
     }
 }
 
-/// rustls server configuration: TLS 1.3 only, ALPN `referee/1`.
+/// rustls server configuration: TLS 1.3 only, ALPN `referee/2`.
 pub fn server_crypto(identity: &ServerIdentity) -> Result<rustls::ServerConfig, TransportError> {
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])?

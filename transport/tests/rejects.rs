@@ -231,13 +231,14 @@ async fn wrong_alpn_fails_the_handshake_as_unsupported_version() {
             // purpose; use insecure loopback so only ALPN can be the cause.
             Trust::InsecureLoopback
         };
-        let client = client_endpoint_with_alpn(&id_fp, addr, b"referee/2").unwrap();
+        // The previous protocol version: an agent of an older build.
+        let client = client_endpoint_with_alpn(&id_fp, addr, b"referee/1").unwrap();
         let e = referee_transport::connect(&client, addr, "localhost")
             .await
             .unwrap_err();
         assert!(matches!(e, TransportError::UnsupportedVersion(_)), "{e:?}");
         let msg = e.to_string();
-        assert!(msg.contains("referee/1"), "{msg}");
+        assert!(msg.contains("referee/2"), "{msg}");
         println!("client sees: {msg}");
         let s = srv.await.unwrap().unwrap_err();
         println!("server sees: {s}");

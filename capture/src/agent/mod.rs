@@ -2,7 +2,7 @@
 //! box's signal log, and returns the verdict; reconnects and resumes the session on loss.
 //!
 //! Protocol (one connection at a time):
-//! 1. connect (ALPN `referee/1`), open ONE bidirectional control stream;
+//! 1. connect (ALPN `referee/2`), open ONE bidirectional control stream;
 //! 2. `Hello{Capture, token}` -> `Welcome` (or `Error`);
 //! 3. `SessionStart{resume}` -> `SessionStarted{ack}` (on resume the ack is cumulative: the agent
 //!    resends every frame of its ring that the ack does not cover);
