@@ -94,17 +94,26 @@ async fn list(_: FeedToken, State(s): State<HttpState>, Query(q): Query<ListQuer
     .into_response()
 }
 
+/// A refused request: its status and why, answered as JSON `{"error": ...}`.
+struct Refusal(StatusCode, String);
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({ "error": self.1 }))).into_response()
+    }
+}
+
 /// A JSON `{"error": ...}` answer.
 fn refuse(code: StatusCode, message: String) -> Response {
-    (code, Json(serde_json::json!({ "error": message }))).into_response()
+    Refusal(code, message).into_response()
 }
 
 /// The phrase named by the path, checked: a safe session name and a phrase number.
-fn phrase_path(session: &str, phrase: &str) -> Result<(String, u32), Response> {
+fn phrase_path(session: &str, phrase: &str) -> Result<(String, u32), Refusal> {
     referee_engine::admission::check_safe_name(session)
-        .map_err(|m| refuse(StatusCode::BAD_REQUEST, format!("session id {m}")))?;
+        .map_err(|m| Refusal(StatusCode::BAD_REQUEST, format!("session id {m}")))?;
     let n = phrase.parse::<u32>().map_err(|_| {
-        refuse(
+        Refusal(
             StatusCode::BAD_REQUEST,
             format!("phrase {phrase:?} is not a phrase number"),
         )
@@ -116,7 +125,7 @@ fn phrase_path(session: &str, phrase: &str) -> Result<(String, u32), Response> {
 async fn artifact(s: &HttpState, session: &str, phrase: &str, file: &str, mime: &str) -> Response {
     let (session, phrase) = match phrase_path(session, phrase) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Some(out) = s.core().engine.config().output_dir.clone() else {
         return refuse(
@@ -184,7 +193,7 @@ async fn call(
 ) -> Response {
     let (session, phrase) = match phrase_path(&session, &phrase) {
         Ok(p) => p,
-        Err(r) => return r,
+        Err(r) => return r.into_response(),
     };
     let Json(body) = match body {
         Ok(b) => b,
