@@ -137,6 +137,7 @@ fn unbounded_artifacts_many_signals_use_a_fixed_pool_and_none_is_lost() {
     );
     assert_eq!(writer_threads(), 0, "the writers are joined at shutdown");
     let h = engine.artifacts();
+    eprintln!("{PHRASES} verdicts: at most {most} writer threads; {h:?}");
     assert_eq!(
         h.written + h.failed + h.refused,
         PHRASES as u64,

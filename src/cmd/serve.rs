@@ -16,9 +16,13 @@ pub struct Args {
     /// Override any setting with a dotted key, e.g. --set server.port=5000 (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
-    /// Address to bind (QUIC and HTTP); same as --set server.host=ADDR.
+    /// Address the QUIC endpoint binds; same as --set server.host=ADDR.
     #[arg(long)]
     host: Option<String>,
+    /// Address the HTTP side binds (loopback unless given); same as --set http.host=ADDR.
+    /// On a network address, /status and the feed need a feed token (auth.feed_tokens).
+    #[arg(long)]
+    http_host: Option<String>,
     /// UDP port for agents and feed subscribers; HTTP listens on the next port unless set.
     #[arg(long)]
     port: Option<u16>,
@@ -38,6 +42,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     flag("server.host", args.host);
+    flag("http.host", args.http_host);
     flag("server.port", args.port.map(|p| p.to_string()));
     flag("server.http_port", args.http_port.map(|p| p.to_string()));
     flag(

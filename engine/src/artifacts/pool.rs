@@ -3,6 +3,7 @@
 //! dropped silently; every outcome (written, failed, refused) is counted in [`ArtifactHealth`],
 //! which /status and /healthz show. The workers are joined at shutdown, after the queue drains.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::SystemTime;
@@ -34,8 +35,8 @@ pub struct ArtifactHealth {
     pub last_error: Option<String>,
     /// When it happened (seconds since the Unix epoch).
     pub last_error_at_unix_s: Option<f64>,
-    /// True while the last phrase handled was not written (failed or refused): /healthz
-    /// reports "degraded" until a later phrase is written.
+    /// True from a failure or refusal until a phrase decided after it is written: /healthz
+    /// reports "degraded" meanwhile.
     pub degraded: bool,
 }
 
@@ -45,20 +46,33 @@ struct Counts {
     failed: u64,
     refused: u64,
     last_error: Option<(String, SystemTime)>,
+    /// Sequence number of the job (submitted or refused) of the last problem.
+    problem_seq: u64,
     degraded: bool,
 }
 
 impl Counts {
-    fn problem(&mut self, message: String) {
+    fn problem(&mut self, message: String, seq: u64) {
         self.last_error = Some((message, SystemTime::now()));
+        self.problem_seq = self.problem_seq.max(seq);
         self.degraded = true;
+    }
+
+    fn written(&mut self, seq: u64) {
+        self.written += 1;
+        // Only a phrase that came after the problem shows it is over.
+        if seq > self.problem_seq {
+            self.degraded = false;
+        }
     }
 }
 
 /// A fixed pool of worker threads over a bounded queue of jobs `J`.
 pub struct WorkerPool<J> {
-    tx: Mutex<Option<Sender<J>>>,
-    rx: Receiver<J>,
+    tx: Mutex<Option<Sender<(u64, J)>>>,
+    rx: Receiver<(u64, J)>,
+    /// Sequence numbers of jobs, in the order they were submitted.
+    seq: AtomicU64,
     threads: Mutex<Vec<JoinHandle<()>>>,
     counts: Arc<Mutex<Counts>>,
     workers: usize,
@@ -84,7 +98,7 @@ impl<J: Send + 'static> WorkerPool<J> {
         handler: impl Fn(J) -> Result<(), String> + Send + Sync + 'static,
     ) -> Self {
         let (workers, capacity) = (workers.max(1), capacity.max(1));
-        let (tx, rx) = crossbeam_channel::bounded::<J>(capacity);
+        let (tx, rx) = crossbeam_channel::bounded::<(u64, J)>(capacity);
         let handler: Handler<J> = Arc::new(handler);
         let counts = Arc::new(Mutex::new(Counts::default()));
         let mut threads = Vec::with_capacity(workers);
@@ -93,18 +107,17 @@ impl<J: Send + 'static> WorkerPool<J> {
             let spawned = std::thread::Builder::new()
                 .name(name.to_string())
                 .spawn(move || {
-                    for job in rx.iter() {
+                    for (seq, job) in rx.iter() {
                         let outcome = handler(job);
                         let mut c = counts.lock();
                         match outcome {
                             Ok(()) => {
-                                c.written += 1;
-                                c.degraded = false;
+                                c.written(seq);
                                 metrics::counter!("referee_artifacts_written_total").increment(1);
                             }
                             Err(e) => {
                                 c.failed += 1;
-                                c.problem(e);
+                                c.problem(e, seq);
                                 metrics::counter!("referee_artifact_errors_total").increment(1);
                             }
                         }
@@ -123,6 +136,7 @@ impl<J: Send + 'static> WorkerPool<J> {
         Self {
             tx: Mutex::new(Some(tx)),
             rx,
+            seq: AtomicU64::new(0),
             threads: Mutex::new(threads),
             counts,
             workers,
@@ -132,8 +146,9 @@ impl<J: Send + 'static> WorkerPool<J> {
 
     /// Queues `job`, or refuses it (warned, counted) when the queue is full or stopped.
     pub fn submit(&self, job: J) -> Result<(), Refused> {
+        let seq = self.next_seq();
         let sent = match self.tx.lock().as_ref() {
-            Some(tx) => tx.try_send(job).map_err(|e| match e {
+            Some(tx) => tx.try_send((seq, job)).map_err(|e| match e {
                 TrySendError::Full(_) => Refused::Full(self.capacity),
                 TrySendError::Disconnected(_) => Refused::Stopped,
             }),
@@ -145,7 +160,7 @@ impl<J: Send + 'static> WorkerPool<J> {
             metrics::counter!("referee_artifact_jobs_refused_total").increment(1);
             let mut c = self.counts.lock();
             c.refused += 1;
-            c.problem(e.to_string());
+            c.problem(e.to_string(), seq);
         }
         sent
     }
@@ -153,9 +168,14 @@ impl<J: Send + 'static> WorkerPool<J> {
     /// Counts a phrase whose artifacts failed before reaching the queue (e.g. a refused path).
     pub fn record_failure(&self, message: String) {
         metrics::counter!("referee_artifact_errors_total").increment(1);
+        let seq = self.next_seq();
         let mut c = self.counts.lock();
         c.failed += 1;
-        c.problem(message);
+        c.problem(message, seq);
+    }
+
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, Ordering::Relaxed) + 1
     }
 
     /// The counts now.
@@ -253,6 +273,10 @@ mod tests {
         let h = pool.health();
         // 0, 2 (the workers' first jobs), 10, 12 succeed; 11 fails.
         assert_eq!((h.written, h.failed, h.refused, h.queued), (4, 1, 2, 0));
+        assert!(
+            h.degraded,
+            "the phrases written were all queued before the refusals"
+        );
         assert_eq!(pool.submit(1), Err(Refused::Stopped));
     }
 
