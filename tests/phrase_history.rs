@@ -30,6 +30,9 @@ const TOKEN: &str = "feed-secret";
 /// Only the left lamp: the left fencer scores.
 const LEFT_LIGHT: &str = " 0.000s | Phrase recording started\n 0.500s | HIT: Left scores on Right!\n 0.600s | Phrase recording ended\nScores -> Fencer 1: NO HIT, Fencer 2: HIT\nPhrase ended\n";
 
+/// Both lamps, the left one first: the verdict rests on the poses.
+const DOUBLE: &str = " 0.000s | Phrase recording started\n 0.400s | HIT: Left scores on Right!\n 0.420s | Lockout period started (0.200s window)\n 0.500s | HIT: Right scores on Left!\n 0.600s | Phrase recording ended\nScores -> Fencer 1: HIT, Fencer 2: HIT\nPhrase ended\n";
+
 /// What the scoring box appends once the referee has decided (here: against our verdict).
 const RIGHT_CALL: &str = "[2025-10-20 20:59:24] Awaiting manual winner selection (double hit)\n[2025-10-20 20:59:27] Manual selection winner: Right Fencer (Green Lamp)\n";
 
@@ -103,14 +106,137 @@ fn same_decision(a: &VerdictReport, b: &VerdictReport) {
     );
 }
 
+/// A capture connection speaking the protocol itself, with the same 12 frames and capture
+/// stamps every time, so that two sessions differ only in their logs.
+struct RawAgent {
+    conn: quinn::Connection,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    session: String,
+    _endpoint: quinn::Endpoint,
+}
+
+impl RawAgent {
+    /// Connects, opens `session` on `piste` and streams the frames.
+    async fn start(d: &Daemon, piste: &str, session: &str) -> Self {
+        use referee_transport::messages::{
+            ClientMsg, FrameEncoding, FrameHeader, Role, ServerMsg, SessionStart,
+        };
+        use referee_transport::{client_endpoint, connect, send_frame, write_msg};
+        let ep = client_endpoint(&Trust::Fingerprint(d.fingerprint.clone())).expect("endpoint");
+        let conn = connect(&ep, d.quic_addr, "localhost")
+            .await
+            .expect("connect");
+        let (mut send, recv) = conn.open_bi().await.expect("control stream");
+        let hello = ClientMsg::Hello {
+            role: Role::Capture,
+            token: String::new(),
+            client: "test".into(),
+        };
+        write_msg(&mut send, &hello).await.expect("hello");
+        let start = SessionStart {
+            session_id: session.into(),
+            fps: 15.0,
+            width: 160,
+            height: 96,
+            piste: piste.into(),
+            camera: "c".into(),
+            undistort: None,
+            resume: false,
+            resume_secret: None,
+        };
+        write_msg(&mut send, &ClientMsg::SessionStart(start))
+            .await
+            .expect("start");
+        let mut agent = Self {
+            conn,
+            send,
+            recv,
+            session: session.into(),
+            _endpoint: ep,
+        };
+        while !matches!(agent.next().await, ServerMsg::SessionStarted { .. }) {}
+        let synthetic = Synthetic::new(160, 96, 15.0, None).expect("synthetic");
+        for frame in 0..12u64 {
+            let rgb = synthetic.render(frame);
+            let mut jpeg = Vec::new();
+            jpeg_encoder::Encoder::new(&mut jpeg, 80)
+                .encode(&rgb, 160, 96, jpeg_encoder::ColorType::Rgb)
+                .expect("jpeg");
+            let header = FrameHeader {
+                session_id: session.into(),
+                frame,
+                capture_ts_us: 1_000_000 + frame * 66_667,
+                encoding: FrameEncoding::Jpeg,
+                len: jpeg.len() as u32,
+            };
+            send_frame(&agent.conn, &header, &jpeg)
+                .await
+                .expect("frame");
+        }
+        agent
+    }
+
+    async fn next(&mut self) -> referee_transport::messages::ServerMsg {
+        tokio::time::timeout(
+            Duration::from_secs(20),
+            referee_transport::read_msg(&mut self.recv, 1 << 22),
+        )
+        .await
+        .expect("daemon answers in time")
+        .expect("read")
+        .expect("control stream open")
+    }
+
+    /// Sends phrase 0's log and waits for the verdict (a repeated one for a log sent again).
+    async fn signal(&mut self, log: &str) -> VerdictReport {
+        use referee_transport::messages::{ClientMsg, ServerMsg, Signal};
+        let signal = ClientMsg::Signal(Signal {
+            session_id: self.session.clone(),
+            phrase: 0,
+            filename: "phrase01.txt".into(),
+            bytes: log.as_bytes().to_vec(),
+            phrase_start_us: None,
+        });
+        referee_transport::write_msg(&mut self.send, &signal)
+            .await
+            .expect("signal");
+        loop {
+            match self.next().await {
+                ServerMsg::Verdict(v) => return v,
+                ServerMsg::Error(e) => panic!("{e:?}"),
+                _ => {}
+            }
+        }
+    }
+
+    fn close(self) {
+        self.conn.close(0u32.into(), b"done");
+    }
+}
+
+/// One phrase by a [`RawAgent`]: its verdict.
+async fn raw_phrase(d: &Daemon, piste: &str, session: &str, log: &str) -> VerdictReport {
+    let mut agent = RawAgent::start(d, piste, session).await;
+    let v = agent.signal(log).await;
+    agent.close();
+    v
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_in_the_log_is_kept_beside_the_verdict_and_never_reaches_it() {
     let tmp = tempfile::tempdir().expect("tmp");
     let d = daemon(&settings(tmp.path())).await;
-    let plain = phrase(&d, "log-1", "plain", LEFT_LIGHT).await;
-    let called = phrase(&d, "log-1", "called", &format!("{LEFT_LIGHT}{RIGHT_CALL}")).await;
+    let with_call = |log: &str| format!("{log}{RIGHT_CALL}");
+    let plain = raw_phrase(&d, "log-1", "plain", LEFT_LIGHT).await;
+    let called = raw_phrase(&d, "log-1", "called", &with_call(LEFT_LIGHT)).await;
     assert_eq!(plain.winner, Winner::Left);
     same_decision(&plain, &called);
+    // A double touch, decided on the poses: the same with the call as without.
+    let double = raw_phrase(&d, "log-2", "double", DOUBLE).await;
+    let double_called = raw_phrase(&d, "log-2", "double-called", &with_call(DOUBLE)).await;
+    same_decision(&double, &double_called);
+    assert_ne!(double.reason, plain.reason);
 
     let e = entry(d.http_addr, "called", 0).await.expect("in /phrases");
     assert_eq!(e["human_call"]["call"], "right", "{e}");
@@ -121,6 +247,10 @@ async fn a_call_in_the_log_is_kept_beside_the_verdict_and_never_reaches_it() {
     assert_eq!(e["winner"], "Left");
     let p = entry(d.http_addr, "plain", 0).await.expect("in /phrases");
     assert!(p["human_call"].is_null(), "{p}");
+    let e = entry(d.http_addr, "double-called", 0)
+        .await
+        .expect("in /phrases");
+    assert_eq!(e["human_call"]["call"], "right", "{e}");
 
     let status = get_json(d.http_addr, "/status").await;
     let a = &status["agreement"]["pistes"]["log-1"];
@@ -132,103 +262,23 @@ async fn a_call_in_the_log_is_kept_beside_the_verdict_and_never_reaches_it() {
     d.shutdown().await;
 }
 
-/// A capture connection speaking the protocol itself: it sends a phrase's log, then the same
-/// log again once the referee's call has been appended (what watch mode does).
+/// The log sent again once the referee's call has been appended (what watch mode does), on
+/// the same session: the engine answers with the same verdict and the call is stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_in_a_log_sent_again_after_the_verdict_is_stored() {
-    use referee_transport::messages::{
-        ClientMsg, FrameEncoding, FrameHeader, Role, ServerMsg, SessionStart, Signal,
-    };
-    use referee_transport::{client_endpoint, connect, read_msg, send_frame, write_msg};
     let tmp = tempfile::tempdir().expect("tmp");
     let d = daemon(&settings(tmp.path())).await;
-    let ep = client_endpoint(&Trust::Fingerprint(d.fingerprint.clone())).expect("endpoint");
-    let conn = connect(&ep, d.quic_addr, "localhost")
-        .await
-        .expect("connect");
-    let (mut send, mut recv) = conn.open_bi().await.expect("control stream");
-    let hello = ClientMsg::Hello {
-        role: Role::Capture,
-        token: String::new(),
-        client: "test".into(),
-    };
-    write_msg(&mut send, &hello).await.expect("hello");
-    let start = SessionStart {
-        session_id: "later".into(),
-        fps: 15.0,
-        width: 160,
-        height: 96,
-        piste: "later-1".into(),
-        camera: "c".into(),
-        undistort: None,
-        resume: false,
-        resume_secret: None,
-    };
-    write_msg(&mut send, &ClientMsg::SessionStart(start))
-        .await
-        .expect("start");
-    let mut next = async || -> ServerMsg {
-        tokio::time::timeout(Duration::from_secs(20), read_msg(&mut recv, 1 << 22))
-            .await
-            .expect("daemon answers in time")
-            .expect("read")
-            .expect("control stream open")
-    };
-    while !matches!(next().await, ServerMsg::SessionStarted { .. }) {}
-    let synthetic = Synthetic::new(160, 96, 15.0, None).expect("synthetic");
-    for frame in 0..12u64 {
-        let rgb = synthetic.render(frame);
-        let mut jpeg = Vec::new();
-        jpeg_encoder::Encoder::new(&mut jpeg, 80)
-            .encode(&rgb, 160, 96, jpeg_encoder::ColorType::Rgb)
-            .expect("jpeg");
-        let header = FrameHeader {
-            session_id: "later".into(),
-            frame,
-            capture_ts_us: 1_000_000 + frame * 66_667,
-            encoding: FrameEncoding::Jpeg,
-            len: jpeg.len() as u32,
-        };
-        send_frame(&conn, &header, &jpeg).await.expect("frame");
-    }
-    let signal = |log: String| {
-        ClientMsg::Signal(Signal {
-            session_id: "later".into(),
-            phrase: 0,
-            filename: "phrase01.txt".into(),
-            bytes: log.into_bytes(),
-            phrase_start_us: None,
-        })
-    };
-    write_msg(&mut send, &signal(LEFT_LIGHT.to_string()))
-        .await
-        .expect("signal");
-    let first = loop {
-        match next().await {
-            ServerMsg::Verdict(v) => break v,
-            ServerMsg::Error(e) => panic!("{e:?}"),
-            _ => {}
-        }
-    };
+    let mut agent = RawAgent::start(&d, "later-1", "later").await;
+    let first = agent.signal(LEFT_LIGHT).await;
     assert!(entry(d.http_addr, "later", 0).await.expect("entry")["human_call"].is_null());
-
     // Seconds later the box has appended the referee's call: the log goes again.
-    write_msg(&mut send, &signal(format!("{LEFT_LIGHT}{RIGHT_CALL}")))
-        .await
-        .expect("signal again");
-    let again = loop {
-        match next().await {
-            ServerMsg::Verdict(v) => break v,
-            ServerMsg::Error(e) => panic!("{e:?}"),
-            _ => {}
-        }
-    };
+    let again = agent.signal(&format!("{LEFT_LIGHT}{RIGHT_CALL}")).await;
     same_decision(&first, &again);
     let e = entry(d.http_addr, "later", 0).await.expect("entry");
     assert_eq!(e["human_call"]["call"], "right", "{e}");
     assert_eq!(e["human_call"]["origin"], "log");
     assert_eq!(e["winner"], "Left");
-    conn.close(0u32.into(), b"done");
+    agent.close();
     d.shutdown().await;
 }
 
