@@ -19,7 +19,8 @@ pub mod tls;
 
 pub use auth::{auth_policy, AuthPolicy, TokenSet};
 pub use codec::{
-    decode_msg, encode_msg, read_frame, read_msg, send_frame, write_frame, write_msg, FrameLimits,
+    decode_msg, encode_msg, read_frame, read_msg, read_msg_within, send_frame, write_frame,
+    write_msg, FrameLimits,
 };
 pub use endpoint::{
     accept, client_endpoint, client_endpoint_for, connect, connect_with_timeout, server_endpoint,

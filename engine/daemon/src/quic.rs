@@ -294,7 +294,8 @@ async fn capture_connection(
 ) -> Result<(), ConnError> {
     let (outbox, inbox) = mpsc::unbounded_channel::<ServerMsg>();
     let owned: Owned = Arc::new(Mutex::new(Vec::new()));
-    let writer = tokio::spawn(control_writer(send, inbox, owned.clone()));
+    let (stop_writer, writer_stop) = tokio::sync::oneshot::channel();
+    let writer = tokio::spawn(control_writer(send, inbox, writer_stop, owned.clone()));
     let frames = tokio::spawn(frame_acceptor(
         peer.conn.clone(),
         ctx.clone(),
@@ -325,33 +326,20 @@ async fn capture_connection(
         ctx.core.router.detach(&id);
     }
     frames.abort();
-    if let Some(v) = &violation {
-        let _ = outbox.send(ServerMsg::Error(v.error.clone()));
-    }
     drop(outbox);
+    // The writer sends what is queued, then hands the stream back (frame tasks still waiting
+    // for the pipeline hold senders of the outbox: it is told to stop rather than waiting).
+    let _ = stop_writer.send(());
     let send = match tokio::time::timeout(Duration::from_secs(2), writer).await {
         Ok(Ok(send)) => send,
         _ => None,
     };
-    match violation {
-        // The Error is queued last: it goes, then the close with its code.
-        Some(v) => {
-            metrics::counter!(
-                "referee_connections_closed_total",
-                "reason" => referee_transport::close_code_name(v.close)
-            )
-            .increment(1);
-            if let Some(send) = send {
-                linger(send).await;
-            }
-            let reason: String = v.error.message.chars().take(200).collect();
-            peer.conn.close(v.close, reason.as_bytes());
+    match (violation, send) {
+        (Some(v), send) => close_connection(&peer.conn, send, &v).await,
+        (None, Some(mut send)) => {
+            let _ = send.finish();
         }
-        None => {
-            if let Some(mut send) = send {
-                let _ = send.finish();
-            }
-        }
+        (None, None) => {}
     }
     result
 }
@@ -449,11 +437,12 @@ fn handle_capture_msg(
 }
 
 /// Writes queued messages to the control stream and sends cumulative acks as frames arrive;
-/// once the inbox closes, returns the stream (unfinished) for the caller to end, or `None`
-/// when a write failed.
+/// once the inbox closes or `stop` fires, writes what is queued and returns the stream
+/// (unfinished) for the caller to end, or `None` when a write failed.
 async fn control_writer(
     mut send: quinn::SendStream,
     mut inbox: mpsc::UnboundedReceiver<ServerMsg>,
+    mut stop: tokio::sync::oneshot::Receiver<()>,
     owned: Owned,
 ) -> Option<quinn::SendStream> {
     let mut last_acks: HashMap<String, Ack> = HashMap::new();
@@ -466,6 +455,14 @@ async fn control_writer(
                 if write_msg(&mut send, &msg).await.is_err() {
                     return None;
                 }
+            }
+            _ = &mut stop => {
+                while let Ok(msg) = inbox.try_recv() {
+                    if write_msg(&mut send, &msg).await.is_err() {
+                        return None;
+                    }
+                }
+                break;
             }
             _ = tick.tick() => {
                 let sessions: Vec<_> = owned.lock().clone();
