@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 /// Streams frames and signal logs to a referee daemon and prints the verdict.
 #[derive(Parser, Debug)]
 #[command(name = "referee-capture", version, about)]
-#[command(group(ArgGroup::new("source").required(true).args(["video", "camera", "images", "synthetic"])))]
+#[command(group(ArgGroup::new("source").required(true).args(["video", "camera", "images", "synthetic", "replay"])))]
 #[command(mut_group(TrustArgs::GROUP, |g| g.required(true).arg("trust_registry")))]
 struct Cli {
     /// Daemon address, HOST:PORT (port 4433 when omitted), e.g. 127.0.0.1:4433. With --nats it
@@ -51,6 +51,11 @@ struct Cli {
     /// Stream the JPEG/PNG images of a folder, sorted by name.
     #[arg(long, value_name = "DIR")]
     images: Option<PathBuf>,
+    /// Stream a phrase the daemon recorded (`<output_dir>/recordings/<session>/phrase-NNN.tar`):
+    /// its frames as received, at the rate of their capture stamps, then its signal log
+    /// (unless --signal gives another).
+    #[arg(long, value_name = "REC")]
+    replay: Option<PathBuf>,
     /// Stream N generated frames (tests and demos).
     #[arg(long, value_name = "N")]
     synthetic: Option<u64>,
@@ -238,16 +243,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         EncodingArg::Png => Encoding::Png,
         EncodingArg::Raw => Encoding::Raw,
     };
-    let signal = match (&cli.signal, &cli.signal_dir) {
-        (Some(f), _) => Some(SignalInput::from_file(f, 256 * 1024)?),
-        (_, Some(d)) => Some(SignalInput::watch(d)?),
+    let mut replayed = match &cli.replay {
+        Some(rec) => Some(source::Replay::from_recording(rec).map_err(AgentError::from)?),
+        None => None,
+    };
+    let signal = match (&cli.signal, &cli.signal_dir, &mut replayed) {
+        (Some(f), _, _) => Some(SignalInput::from_file(f, 256 * 1024)?),
+        (_, Some(d), _) => Some(SignalInput::watch(d)?),
+        (_, _, Some((_, filename, bytes))) => Some(SignalInput::Once {
+            filename: std::mem::take(filename),
+            bytes: std::mem::take(bytes),
+        }),
         _ => None,
     };
     if cli.output.is_some() && signal.is_none() {
         anyhow::bail!("--output needs --signal FILE or --signal-dir DIR: without a signal there is no verdict");
     }
 
-    let src: Box<dyn FrameSource> = if let Some(v) = &cli.video {
+    let src: Box<dyn FrameSource> = if let Some((r, _, _)) = replayed {
+        Box::new(r)
+    } else if let Some(v) = &cli.video {
         source::open_video(v).map_err(AgentError::from)?
     } else if let Some(n) = cli.camera {
         Box::new(
@@ -262,7 +277,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 .map_err(AgentError::from)?,
         )
     } else {
-        anyhow::bail!("give a source: --video, --camera, --images or --synthetic");
+        anyhow::bail!("give a source: --video, --camera, --images, --synthetic or --replay");
     };
     let info = src.info().clone();
     let fps = cli.fps.unwrap_or(info.fps);

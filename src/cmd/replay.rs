@@ -1,7 +1,8 @@
 //! `referee replay REC|DIR [--json]`: runs recorded phrases through the same engine in this
 //! process, with the recorded settings and the pose model they name, and checks that each
-//! verdict is reproduced exactly (winner, confidence, reason, evidence, features, timeline,
-//! frames tracked). A folder is a regression suite: every recording under it is replayed,
+//! verdict is reproduced exactly (winner, confidence, reason, evidence, features, timeline).
+//! A later phrase of a continuous bout is replayed after the bout's earlier phrases, in one
+//! session, as the daemon saw them. A folder is a regression suite: every recording under it is replayed,
 //! incomplete ones are skipped with the reason, and the exit status is non-zero when any
 //! verdict differs or a recording cannot be replayed as recorded (another model).
 
@@ -125,7 +126,9 @@ fn start_engine(rec: &Recording, overrides: &[String]) -> anyhow::Result<(Core, 
         .map(Some)
         .with_context(|| format!("hashing the pose weights {}", weights.display()))?;
     let (estimators, _) = super::load_estimators(&settings)?;
-    let cfg = referee_daemon::load_engine_config(&settings)?;
+    let mut cfg = referee_daemon::load_engine_config(&settings)?;
+    // A replay checks the verdict; it writes no artifacts.
+    cfg.output_dir = None;
     Ok((Core::start(cfg, estimators), sha))
 }
 
@@ -167,8 +170,15 @@ fn replay_one(
             return Report::new(path, Outcome::Refused, Some(reason));
         }
     }
-    let verdict = match rt.block_on(referee_daemon::replay::replay(&core, &rec, timeout)) {
-        Ok(v) => v,
+    // A later phrase of a continuous bout is replayed after the phrases before it, in one
+    // session, so the tracker and the session clock are as they were live.
+    let (earlier, note) = earlier_phrases(&rec);
+    let mut bout: Vec<&Recording> = earlier.iter().collect();
+    bout.push(&rec);
+    let run = referee_daemon::replay::replay_bout(&core, &bout, timeout);
+    let verdict = match rt.block_on(run).map(|mut v| v.pop()) {
+        Ok(Some(v)) => v,
+        Ok(None) => return Report::new(path, Outcome::Failed, Some("no verdict".into())),
         Err(e) => return Report::new(path, Outcome::Failed, Some(e.to_string())),
     };
     let replayed: serde_json::Value = match serde_json::from_str(&verdict.detail_json) {
@@ -187,23 +197,56 @@ fn replay_one(
     } else {
         Outcome::Different
     };
-    let mut report = Report::new(path, outcome, None);
+    let mut report = Report::new(path, outcome, note);
     report.differences = diffs.iter().map(DiffJson::from).collect();
     report.winner = replayed["verdict"].get("winner").cloned();
     report.confidence = replayed["verdict"].get("confidence").cloned();
     report
 }
 
+/// The complete recordings of the phrases before `rec` in its session folder (phrase 0 on),
+/// or none and why, when one of them is missing or incomplete.
+fn earlier_phrases(rec: &Recording) -> (Vec<Recording>, Option<String>) {
+    let m = &rec.manifest;
+    let Some(dir) = rec.path.parent() else {
+        return (Vec::new(), None);
+    };
+    let mut out = Vec::new();
+    for phrase in 0..m.phrase {
+        let path = dir.join(format!("phrase-{phrase:03}.tar"));
+        match Recording::open(&path) {
+            Ok(r) if r.incomplete_reason().is_none() && r.manifest.session_id == m.session_id => {
+                out.push(r)
+            }
+            _ => {
+                let note = format!(
+                    "phrase {phrase} of this bout is not recorded complete: replayed on its own \
+                     (its session clock starts at its first frame, so times may differ)"
+                );
+                return (Vec::new(), Some(note));
+            }
+        }
+    }
+    (out, None)
+}
+
 fn print_line(r: &Report) {
     let p = r.path.display();
     match r.outcome {
         Outcome::Identical => println!(
-            "identical  {p}: {} ({})",
+            "identical  {p}: {} ({}){}",
             r.winner.clone().unwrap_or_default(),
-            r.confidence.clone().unwrap_or_default()
+            r.confidence.clone().unwrap_or_default(),
+            r.reason
+                .as_ref()
+                .map(|n| format!("; {n}"))
+                .unwrap_or_default()
         ),
         Outcome::Different => {
             println!("DIFFERENT  {p}:");
+            if let Some(n) = &r.reason {
+                println!("    ({n})");
+            }
             for d in &r.differences {
                 println!(
                     "    {}: recorded {}, replayed {}",

@@ -8,7 +8,8 @@
 //! - [`ffmpeg::FfmpegSource`]: any other format through the `ffmpeg` command, yields JPEG.
 //! - [`folder::ImageFolder`]: a folder of JPEG/PNG images sorted by name.
 //! - [`synthetic::Synthetic`]: deterministic generated frames for tests and demos.
-//! - [`replay::Replay`]: JPEG frames captured earlier, replayed as if live (benches, tests).
+//! - [`replay::Replay`]: JPEG frames captured earlier, replayed as if live (benches, tests),
+//!   or a phrase the daemon recorded, at its recorded pace (`referee-capture --replay REC`).
 //! - [`camera`]: V4L cameras through nokhwa (cargo feature `camera`).
 //!
 //! [`open_video`] picks the right file source for a path.

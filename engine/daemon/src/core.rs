@@ -146,12 +146,14 @@ impl EventSink for EventRouter {
                     let sure = d.winner != referee_rules::Winner::Uncertain
                         && d.confidence >= self.min_confidence;
                     self.history.record_verdict(&report, sure);
-                }
-                self.to_agent(&verdict.session_id, ServerMsg::Verdict(report.clone()));
-                if !repeated {
+                    // The phrase's recording closes with the frames sent before the agent
+                    // hears of the verdict (later ones belong to the next phrase).
                     if let Some(r) = self.recorder() {
                         r.verdict(&verdict.session_id, verdict.phrase, &verdict.detail_json);
                     }
+                }
+                self.to_agent(&verdict.session_id, ServerMsg::Verdict(report.clone()));
+                if !repeated {
                     self.publish(FeedEvent::Verdict(report));
                 }
             }
@@ -275,11 +277,12 @@ impl Core {
     pub fn signal(&self, signal: PhraseSignal, received_at: Instant) -> Result<(), EngineError> {
         let call = referee_rules::signal::referee_call(&String::from_utf8_lossy(&signal.bytes));
         let (session_id, phrase) = (signal.session_id.clone(), signal.phrase);
-        let recorded = self.router.recorder().map(|r| (r, signal.clone()));
-        let result = self.engine.signal(signal, received_at);
-        if let (Ok(()), Some((r, signal))) = (&result, recorded) {
-            r.signal(signal);
+        // Recorded before the engine can answer it, so the recorder has the log when the
+        // verdict comes (a log the engine refuses has no verdict to go with).
+        if let Some(r) = self.router.recorder() {
+            r.signal(signal.clone());
         }
+        let result = self.engine.signal(signal, received_at);
         if let Some(call) = call {
             // Held for a verdict to come only when the engine took the signal.
             self.history

@@ -105,23 +105,48 @@ impl OfflineSession {
     /// recording has them); `signal.session_id` is this session's.
     pub async fn finish_phrase(
         mut self,
+        signal: PhraseSignal,
+        timeout: Duration,
+    ) -> Result<VerdictReport, OfflineError> {
+        let verdict = self.decide(signal, timeout).await?;
+        self.core.engine.end_session(&self.start.session_id)?;
+        Ok(verdict)
+    }
+
+    /// Sends a phrase's signal and waits for its verdict; the session stays open (the next
+    /// phrase of a continuous bout). `signal.session_id` is this session's.
+    pub async fn decide(
+        &mut self,
         mut signal: PhraseSignal,
         timeout: Duration,
     ) -> Result<VerdictReport, OfflineError> {
         signal.session_id = self.start.session_id.clone();
-        self.core.engine.signal(signal, self.core.engine.now())?;
+        self.core.signal(signal, self.core.engine.now())?;
         let deadline = Instant::now() + timeout;
-        let verdict = loop {
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match tokio::time::timeout(left, self.inbox.recv()).await {
-                Ok(Some(ServerMsg::Verdict(v))) => break v,
+                Ok(Some(ServerMsg::Verdict(v))) => return Ok(v),
                 Ok(Some(ServerMsg::Error(e))) => return Err(OfflineError::Refused(e.message)),
                 Ok(Some(_)) => continue,
                 Ok(None) | Err(_) => return Err(OfflineError::NoVerdict(timeout)),
             }
-        };
+        }
+    }
+
+    /// Ends the session and waits until the engine has released it, so that a session of the
+    /// same id can be opened next on this core.
+    pub async fn close(mut self, timeout: Duration) -> Result<(), OfflineError> {
         self.core.engine.end_session(&self.start.session_id)?;
-        Ok(verdict)
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match tokio::time::timeout(left, self.inbox.recv()).await {
+                Ok(Some(ServerMsg::SessionEnded { .. })) | Ok(None) => return Ok(()),
+                Ok(Some(_)) => continue,
+                Err(_) => return Err(OfflineError::NoVerdict(timeout)),
+            }
+        }
     }
 }
 

@@ -24,6 +24,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -163,6 +164,8 @@ pub fn human_call(c: &crate::history::StoredCall) -> HumanCall {
 }
 
 struct FrameMsg {
+    /// Order among frames and commands (they travel on two queues).
+    seq: u64,
     session: Arc<Session>,
     meta: FrameMeta,
     bytes: Vec<u8>,
@@ -191,7 +194,8 @@ enum Command {
 #[derive(Clone)]
 pub struct Recorder {
     frames: Sender<FrameMsg>,
-    commands: Sender<Command>,
+    commands: Sender<(u64, Command)>,
+    seq: Arc<AtomicU64>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     root: PathBuf,
 }
@@ -221,6 +225,7 @@ impl Recorder {
         Ok(Self {
             frames,
             commands,
+            seq: Arc::new(AtomicU64::new(0)),
             thread: Arc::new(Mutex::new(Some(thread))),
             root,
         })
@@ -241,6 +246,7 @@ impl Recorder {
         arrival: SystemTime,
     ) {
         let msg = FrameMsg {
+            seq: self.seq.fetch_add(1, Ordering::Relaxed),
             session,
             meta,
             bytes,
@@ -294,7 +300,8 @@ impl Recorder {
     }
 
     fn command(&self, c: Command) {
-        let _ = self.commands.send(c);
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let _ = self.commands.send((seq, c));
     }
 
     /// Writes what is pending and stops the thread (blocking). Phrases still without a
@@ -305,7 +312,7 @@ impl Recorder {
         };
         // Other handles may still exist, so the thread is asked to stop rather than left to
         // see its queues close.
-        let _ = self.commands.send(Command::Flush(stop_marker()));
+        self.command(Command::Flush(stop_marker()));
         let _ = thread.join();
     }
 }
@@ -344,18 +351,27 @@ impl Worker {
         }
     }
 
-    fn run(&mut self, frames: Receiver<FrameMsg>, commands: Receiver<Command>) {
+    fn run(&mut self, frames: Receiver<FrameMsg>, commands: Receiver<(u64, Command)>) {
         self.retention();
+        // A frame sent after the command being handled, read while looking for earlier ones.
+        let mut held: Option<FrameMsg> = None;
         loop {
+            if let Some(m) = held.take() {
+                self.frame(m);
+            }
             select! {
                 recv(frames) -> msg => match msg {
                     Ok(m) => self.frame(m),
                     Err(_) => break,
                 },
                 recv(commands) -> msg => {
-                    let Ok(c) = msg else { break };
-                    // Frames sent before this command are handled first.
+                    let Ok((seq, c)) = msg else { break };
+                    // Frames sent before this command are handled first, later ones after it.
                     while let Ok(m) = frames.try_recv() {
+                        if m.seq > seq {
+                            held = Some(m);
+                            break;
+                        }
                         self.frame(m);
                     }
                     if let Command::Flush(reply) = &c {
@@ -660,5 +676,89 @@ fn carry_over(writer: &mut PhraseWriter, end_us: u64, next: &Path) -> Option<Phr
             warn!(error = %e, "recording: frames after the phrase end not carried over");
             None
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use referee_engine::{Engine, EngineConfig};
+    use referee_pose_api::FrameEncoding;
+
+    const SIGNAL: &str = " 0.000s | Phrase recording started\n 0.500s | HIT: Simultaneous valid hits!\n 0.600s | Phrase recording ended\nScores -> Fencer 1: HIT, Fencer 2: HIT\n";
+
+    #[test]
+    fn frames_the_queue_has_no_room_for_mark_the_recording_incomplete() {
+        let tmp = tempfile::tempdir().unwrap();
+        let cfg = RecorderConfig {
+            root: tmp.path().to_path_buf(),
+            queue_frames: 2,
+            retention: Retention {
+                max_bytes: None,
+                max_age: None,
+            },
+            model: ModelId::stand_in("stand-in"),
+            settings: SettingsSnapshot::default(),
+            engine_version: "test".into(),
+        };
+        // The recorder's queues without its thread: nothing drains them while frames come.
+        let (frames, frames_rx) = bounded(cfg.queue_frames);
+        let (commands, commands_rx) = unbounded();
+        let rec = Recorder {
+            frames,
+            commands,
+            seq: Arc::new(AtomicU64::new(0)),
+            thread: Arc::new(Mutex::new(None)),
+            root: cfg.root.clone(),
+        };
+        let (sink, _events) = crossbeam_channel::unbounded();
+        let engine = Engine::start(EngineConfig::default(), Vec::new(), Arc::new(sink));
+        let spec = SessionSpec {
+            id: "s".into(),
+            piste: "1".into(),
+            camera: "c".into(),
+            fps: 30.0,
+            width: 64,
+            height: 48,
+            undistort: None,
+            resume: false,
+        };
+        let session = engine.open_session(spec).unwrap();
+        for n in 0..5u64 {
+            let meta = FrameMeta {
+                session_id: "s".into(),
+                frame: n,
+                capture_ts_us: 1_000_000 + n * 33_333,
+                encoding: FrameEncoding::Jpeg,
+                len: 3,
+            };
+            rec.frame(
+                session.clone(),
+                meta,
+                vec![0xFF, 0xD8, n as u8],
+                SystemTime::now(),
+            );
+        }
+        rec.signal(PhraseSignal {
+            session_id: "s".into(),
+            phrase: 0,
+            filename: "signal.txt".into(),
+            bytes: SIGNAL.as_bytes().to_vec(),
+            phrase_start_us: None,
+        });
+        rec.verdict("s", 0, "{\"verdict\": {}}");
+        let mut worker = Worker::new(cfg);
+        let thread = std::thread::spawn(move || worker.run(frames_rx, commands_rx));
+        *rec.thread.lock() = Some(thread);
+        rec.flush();
+        rec.shutdown();
+        let r = referee_record::Recording::open(&phrase_path(tmp.path(), "s", 0)).unwrap();
+        assert_eq!(r.frames.len(), 2, "two frames fitted in the queue");
+        let reason = r.incomplete_reason().expect("marked incomplete");
+        assert!(
+            reason.contains("3 problem(s)") && reason.contains("queue full"),
+            "{reason}"
+        );
+        engine.shutdown();
     }
 }

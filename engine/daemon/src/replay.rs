@@ -1,8 +1,10 @@
 //! Replaying a recording (`referee-record`) through the engine in this process: its frames,
 //! with their own numbers, encodings and capture stamps, in the order they arrived, then its
-//! signal log, on a [`Core`] started with the recorded settings. `referee replay` compares the
-//! verdict with the recorded one.
+//! signal log, on a [`Core`] started with the recorded settings; the phrases of a continuous
+//! bout one after the other in one session ([`replay_bout`]). `referee replay` compares the
+//! verdicts with the recorded ones.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use referee_config::{ConfigError, Settings};
@@ -50,26 +52,48 @@ pub async fn replay(
     rec: &Recording,
     timeout: Duration,
 ) -> Result<VerdictReport, OfflineError> {
-    let mut session = OfflineSession::open(core, session_start(rec))?;
-    for (frame, bytes) in &rec.frames {
-        session
-            .push_numbered(
-                frame.frame,
-                OfflineFrame {
-                    encoding: frame.encoding,
-                    bytes: bytes.clone(),
-                    capture_ts_us: frame.capture_ts_us,
-                },
-            )
-            .await?;
-    }
-    let m = &rec.manifest;
-    let signal = PhraseSignal {
-        session_id: m.session_id.clone(),
-        phrase: m.phrase,
-        filename: m.signal_file.clone(),
-        bytes: rec.signal.clone(),
-        phrase_start_us: m.phrase_start_us,
+    let mut verdicts = replay_bout(core, &[rec], timeout).await?;
+    verdicts.pop().ok_or(OfflineError::NoVerdict(timeout))
+}
+
+/// Runs consecutive phrases of one session (a continuous bout: `recs` are its phrases from 0,
+/// in order) through one engine session, as the daemon saw them: each phrase's frames (those
+/// already sent with the previous phrase are not sent again), then its signal, then the next.
+/// The tracker and the session clock then carry over from phrase to phrase as they did live.
+/// Returns each phrase's verdict.
+pub async fn replay_bout(
+    core: &Core,
+    recs: &[&Recording],
+    timeout: Duration,
+) -> Result<Vec<VerdictReport>, OfflineError> {
+    let Some(first) = recs.first() else {
+        return Ok(Vec::new());
     };
-    session.finish_phrase(signal, timeout).await
+    let mut session = OfflineSession::open(core, session_start(first))?;
+    let mut sent = HashSet::new();
+    let mut verdicts = Vec::with_capacity(recs.len());
+    for rec in recs {
+        for (frame, bytes) in &rec.frames {
+            if !sent.insert(frame.frame) {
+                continue;
+            }
+            let f = OfflineFrame {
+                encoding: frame.encoding,
+                bytes: bytes.clone(),
+                capture_ts_us: frame.capture_ts_us,
+            };
+            session.push_numbered(frame.frame, f).await?;
+        }
+        let m = &rec.manifest;
+        let signal = PhraseSignal {
+            session_id: m.session_id.clone(),
+            phrase: m.phrase,
+            filename: m.signal_file.clone(),
+            bytes: rec.signal.clone(),
+            phrase_start_us: m.phrase_start_us,
+        };
+        verdicts.push(session.decide(signal, timeout).await?);
+    }
+    session.close(timeout).await?;
+    Ok(verdicts)
 }

@@ -1,6 +1,7 @@
 //! `referee bench e2e`: agent -> daemon on loopback QUIC at real-time pacing, against the old
 //! approach (buffer the whole phrase, process every frame after the signal) on the same frames,
-//! in the same run.
+//! in the same run; and the cost of recording every phrase: two daemons in the same process,
+//! one recording and one not, take the phrases in turn (alternating which goes first).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -41,6 +42,11 @@ pub struct Args {
 #[derive(Serialize)]
 struct Row {
     fps: f32,
+    /// The daemon recorded every phrase (`recording.enabled`).
+    recording: bool,
+    /// Mean size of one phrase's recording on disk (recording rows only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk_bytes_per_phrase: Option<f64>,
     sustained_fps: f64,
     verdict_ms_p50: f64,
     verdict_ms_p95: f64,
@@ -106,40 +112,57 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ] {
         settings.set(k, &v)?;
     }
+    settings.set("recording.enabled", "false")?;
+    let mut recording_settings = settings.clone();
+    recording_settings.set("recording.enabled", "true")?;
+    let rec_out = tmp.path().join("recording-out");
+    recording_settings.set("server.output_dir", &rec_out.display().to_string())?;
+    let rec_data = tmp.path().join("recording-data");
+    recording_settings.set("server.data_dir", &rec_data.display().to_string())?;
     let (estimators, model) = crate::cmd::load_estimators(&settings)?;
+    let (recording_estimators, _) = crate::cmd::load_estimators(&recording_settings)?;
     let (workers, threads) = crate::cmd::pose_parallelism(&settings);
     let rt = crate::cmd::runtime(2)?;
     let model_name = model.clone();
     let rows = rt.block_on(async {
         let daemon =
             referee_daemon::Daemon::start(&settings, estimators, &model_name).await?;
+        let recorder_daemon =
+            referee_daemon::Daemon::start(&recording_settings, recording_estimators, &model_name)
+                .await?;
         let mut rows = Vec::new();
         for &fps in &args.fps {
-            let mut latencies = Vec::new();
-            let mut sustained = Vec::new();
+            // [recording off, recording on]
+            let mut latencies = [Vec::new(), Vec::new()];
+            let mut sustained = [Vec::new(), Vec::new()];
             for i in 0..args.phrases {
-                let mut cfg = AgentConfig::new(
-                    daemon.quic_addr,
-                    Trust::Fingerprint(daemon.fingerprint.clone()),
-                    format!("bench-{fps}-{i}"),
-                );
-                cfg.pacing = Pacing::RealTime { fps };
-                let source = Replay::new(info.clone(), jpegs.clone());
-                let sig = SignalInput::Once {
-                    filename: "signal.txt".into(),
-                    bytes: signal.clone(),
-                };
-                let started = Instant::now();
-                let outcome = run_agent(cfg, Box::new(source), Some(sig), NoProgress).await?;
-                let v = outcome.verdict.context("no verdict")?;
-                let elapsed = started.elapsed().as_secs_f64();
-                sustained.push(jpegs.len() as f64 / elapsed);
-                latencies.push(v.latency_ms as f64);
-                if !args.json {
-                    eprintln!(
-                        "  {fps} fps phrase {i}: verdict {:?} {:.1} ms after the signal; {:.1} fps end to end",
-                        v.winner, v.latency_ms, jpegs.len() as f64 / elapsed
+                let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
+                for rec in order {
+                    let d = if rec == 1 { &recorder_daemon } else { &daemon };
+                    let mut cfg = AgentConfig::new(
+                        d.quic_addr,
+                        Trust::Fingerprint(d.fingerprint.clone()),
+                        format!("bench-{fps}-{i}-{}", ["plain", "recorded"][rec]),
                     );
+                    cfg.pacing = Pacing::RealTime { fps };
+                    let source = Replay::new(info.clone(), jpegs.clone());
+                    let sig = SignalInput::Once {
+                        filename: "signal.txt".into(),
+                        bytes: signal.clone(),
+                    };
+                    let started = Instant::now();
+                    let outcome = run_agent(cfg, Box::new(source), Some(sig), NoProgress).await?;
+                    let v = outcome.verdict.context("no verdict")?;
+                    let elapsed = started.elapsed().as_secs_f64();
+                    sustained[rec].push(jpegs.len() as f64 / elapsed);
+                    latencies[rec].push(v.latency_ms as f64);
+                    if !args.json {
+                        eprintln!(
+                            "  {fps} fps phrase {i}{}: verdict {:?} {:.1} ms after the signal; {:.1} fps end to end",
+                            ["", " (recorded)"][rec],
+                            v.winner, v.latency_ms, jpegs.len() as f64 / elapsed
+                        );
+                    }
                 }
             }
             let mut buffered = Vec::new();
@@ -179,33 +202,44 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                     );
                 }
             }
-            let p50 = percentile(&latencies, 50.0).unwrap_or(f64::NAN);
             let b50 = percentile(&buffered, 50.0).unwrap_or(f64::NAN);
-            rows.push(Row {
-                fps,
-                sustained_fps: percentile(&sustained, 50.0).unwrap_or(f64::NAN),
-                verdict_ms_p50: p50,
-                verdict_ms_p95: percentile(&latencies, 95.0).unwrap_or(f64::NAN),
-                buffered_verdict_ms_p50: b50,
-                speedup: b50 / p50.max(1e-3),
-                phrases: args.phrases,
-                frames_per_phrase: jpegs.len(),
-                stage_mean_ms: daemon
-                    .core
-                    .engine
-                    .stats()
-                    .stages()
-                    .into_iter()
-                    .map(|(k, v)| (k, v.mean_ms))
-                    .collect(),
-                pose_workers: workers,
-                threads_per_worker: threads,
-                pose_size: format!("{}x{}", settings.pose.width, settings.pose.height),
-                piste_band: settings.pose.piste_band,
-            });
+            if let Some(r) = recorder_daemon.core.router.recorder() {
+                r.flush();
+            }
+            let disk = recordings_bytes(&rec_out.join(referee_record::RECORDINGS_DIR));
+            let recorded = recorder_daemon.core.engine.verdicts().max(1);
+            for rec in [0, 1] {
+                let d = if rec == 1 { &recorder_daemon } else { &daemon };
+                let p50 = percentile(&latencies[rec], 50.0).unwrap_or(f64::NAN);
+                rows.push(Row {
+                    fps,
+                    recording: rec == 1,
+                    disk_bytes_per_phrase: (rec == 1).then(|| disk as f64 / recorded as f64),
+                    sustained_fps: percentile(&sustained[rec], 50.0).unwrap_or(f64::NAN),
+                    verdict_ms_p50: p50,
+                    verdict_ms_p95: percentile(&latencies[rec], 95.0).unwrap_or(f64::NAN),
+                    buffered_verdict_ms_p50: b50,
+                    speedup: b50 / p50.max(1e-3),
+                    phrases: args.phrases,
+                    frames_per_phrase: jpegs.len(),
+                    stage_mean_ms: d
+                        .core
+                        .engine
+                        .stats()
+                        .stages()
+                        .into_iter()
+                        .map(|(k, v)| (k, v.mean_ms))
+                        .collect(),
+                    pose_workers: workers,
+                    threads_per_worker: threads,
+                    pose_size: format!("{}x{}", settings.pose.width, settings.pose.height),
+                    piste_band: settings.pose.piste_band,
+                });
+            }
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
         daemon.shutdown().await;
+        recorder_daemon.shutdown().await;
         anyhow::Ok(rows)
     })?;
     if args.json {
@@ -223,4 +257,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Bytes of every recording under `root`.
+fn recordings_bytes(root: &std::path::Path) -> u64 {
+    referee_record::list(root)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
+        .map(|m| m.len())
+        .sum()
 }
