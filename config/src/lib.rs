@@ -220,6 +220,14 @@ pub struct ArtifactSettings {
     pub queue: usize,
 }
 
+/// The daemon's history of recent phrases: the feed page's list, and the agreement of our
+/// verdicts with the referee's calls.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistorySettings {
+    /// Phrases kept (in memory and in `<data_dir>/phrase-history.jsonl`); the oldest go first.
+    pub max_phrases: usize,
+}
+
 /// Phrase recordings (`<output_dir>/recordings/<session>/phrase-NNN.tar`): frames as
 /// received, the signal log, settings, model and verdict of every phrase, for replay.
 #[derive(Debug, Clone, PartialEq)]
@@ -232,14 +240,6 @@ pub struct RecordingSettings {
     pub max_age_days: u64,
     /// Frames waiting for the recorder; a frame finding it full is lost to the recording
     /// (which is then marked incomplete), never to the engine.
-/// The daemon's history of recent phrases: the feed page's list, and the agreement of our
-/// verdicts with the referee's calls.
-#[derive(Debug, Clone, PartialEq)]
-pub struct HistorySettings {
-    /// Phrases kept (in memory and in `<data_dir>/phrase-history.jsonl`); the oldest go first.
-    pub max_phrases: usize,
-}
-
     pub queue_frames: usize,
 }
 
@@ -257,6 +257,7 @@ pub struct Settings {
     pub nats: NatsSettings,
     pub http: HttpSettings,
     pub artifacts: ArtifactSettings,
+    pub history: HistorySettings,
     pub recording: RecordingSettings,
     /// tracing filter: error, warn, info, debug, trace, or a directive such as `referee=debug`.
     pub log_level: String,
@@ -269,7 +270,6 @@ impl Default for Settings {
         let mut s = Settings::unset();
         s.apply_defaults();
         s
-    pub history: HistorySettings,
     }
 }
 
@@ -678,6 +678,8 @@ pub const KEYS: &[KeyInfo] = &[
         default 2, 1..=64, "(writer threads)"),
     int_key!(artifacts.queue: usize, "REFEREE_ARTIFACT_QUEUE",
         default 16, 1..=10000, "(phrases waiting for a writer)"),
+    int_key!(history.max_phrases: usize, "REFEREE_HISTORY_MAX_PHRASES",
+        default 1000, 1..=100000, "(recent phrases kept for the feed page and agreement)"),
     KeyInfo {
         key: "recording.enabled",
         env: "REFEREE_RECORDING",
@@ -702,8 +704,6 @@ enum Raw {
     List(Vec<String>),
 }
 
-    int_key!(history.max_phrases: usize, "REFEREE_HISTORY_MAX_PHRASES",
-        default 1000, 1..=100000, "(recent phrases kept for the feed page and agreement)"),
 impl Raw {
     fn display(&self) -> String {
         match self {
@@ -1045,6 +1045,7 @@ impl Settings {
                 workers: 0,
                 queue: 0,
             },
+            history: HistorySettings { max_phrases: 0 },
             recording: RecordingSettings {
                 enabled: false,
                 max_total_mb: 0,
@@ -1075,7 +1076,6 @@ pub fn parse_wxh(s: &str) -> Result<(u32, u32), String> {
     let expected = "expected WIDTHxHEIGHT, e.g. 640x384";
     let Some((w, h)) = s.split_once(['x', 'X']) else {
         return Err(format!("{s:?}: {expected}"));
-            history: HistorySettings { max_phrases: 0 },
     };
     let number = |part: &str, what: &str| -> Result<u32, String> {
         let part = part.trim();
@@ -1191,6 +1191,7 @@ mod tests {
                 workers: 99,
                 queue: 99,
             },
+            history: HistorySettings { max_phrases: 99 },
             recording: RecordingSettings {
                 enabled: false,
                 max_total_mb: 99,
@@ -1227,7 +1228,6 @@ mod tests {
             "640x384x2",
             "6 40x384",
             "640x3 84",
-            history: HistorySettings { max_phrases: 99 },
             "-640x384",
             "+640x384",
             "640.0x384",
