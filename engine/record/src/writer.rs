@@ -230,8 +230,8 @@ pub fn rewrite_manifest(
             if entry.path_bytes().as_ref() == MANIFEST.as_bytes() {
                 continue;
             }
-            let mut h = entry.header().clone();
-            tar_out.append(&mut h, &mut entry)?;
+            let h = entry.header().clone();
+            tar_out.append(&h, &mut entry)?;
         }
         tar_out.append_data(&mut header(manifest.len() as u64), MANIFEST, &manifest[..])?;
         Ok(())
