@@ -515,3 +515,35 @@ async fn unbounded_work_a_flood_of_signals_is_refused_past_the_session_budget() 
     assert_eq!(refused, 997);
     daemon.shutdown().await;
 }
+
+/// `referee bench soak` (the long multi-piste run through network cuts), shortened:
+/// every frame is acked, none lost, each phrase gets its verdict, the cuts happened.
+#[test]
+fn bench_soak_streams_through_network_cuts_without_losing_frames() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_referee"))
+        .args(["bench", "soak", "--pistes", "2", "--duration-s", "5"])
+        .args(["--phrase-s", "2", "--cut-every-s", "1.5", "--json"])
+        .env("REFEREE_LOG_LEVEL", "warn")
+        .output()
+        .expect("run referee bench soak");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(r["frames_lost"], 0, "{r}");
+    assert_eq!(r["frames_sent"], r["frames_acked"], "{r}");
+    assert_eq!(r["frames_acked"], 2 * 75, "{r}");
+    let pistes = r["pistes"].as_array().expect("pistes");
+    assert!(pistes.iter().all(|p| p["error"].is_null()), "{r}");
+    assert!(
+        pistes
+            .iter()
+            .all(|p| p["verdicts"] == p["signals_written"] && p["verdicts"] == 1),
+        "{r}"
+    );
+    let cuts: u64 = pistes.iter().filter_map(|p| p["cuts"].as_u64()).sum();
+    assert!(cuts >= 1, "no network cut happened: {r}");
+    assert!(r["resources"].as_array().is_some_and(|s| !s.is_empty()));
+}

@@ -189,9 +189,12 @@ async fn soak(
             args.cut_every_s,
             i as u64,
         );
+        // Every log lands while the piste still streams (2 s before its last frame is due).
+        let phrases = args.duration_s.saturating_sub(2) / args.phrase_s;
         let logs = write_signals(
             dir.clone(),
             Duration::from_secs(args.phrase_s),
+            phrases as u32,
             cfg.stop.clone(),
         );
         let signal = SignalInput::watch(&dir)?;
@@ -310,16 +313,18 @@ fn print_report(r: &Report) {
     }
 }
 
-/// Writes a scoring-box log into `dir` every `every` until `stop`; returns how many.
+/// Writes up to `count` scoring-box logs into `dir`, one every `every`, until `stop`; returns
+/// how many.
 fn write_signals(
     dir: PathBuf,
     every: Duration,
+    count: u32,
     stop: Arc<AtomicBool>,
 ) -> tokio::task::JoinHandle<u32> {
     const LOG: &str = " 0.000s | Phrase recording started\n 0.500s | HIT: Simultaneous valid hits!\n 0.600s | Phrase recording ended\nScores -> Fencer 1: HIT, Fencer 2: HIT\n";
     tokio::spawn(async move {
         let mut written = 0;
-        loop {
+        while written < count {
             tokio::time::sleep(every).await;
             if stop.load(Ordering::Relaxed) {
                 return written;
@@ -329,6 +334,7 @@ fn write_signals(
                 written += 1;
             }
         }
+        written
     })
 }
 
