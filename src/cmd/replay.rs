@@ -92,15 +92,18 @@ impl Report {
     }
 }
 
+/// An engine for one set of recorded settings with the sha256 of its weights, or why none.
+type Started = Result<(Core, Option<String>), String>;
+
 /// Engines already started, by recorded settings (a folder usually shares one).
 struct Engines {
-    cores: BTreeMap<BTreeMap<String, String>, Result<(Core, Option<String>), String>>,
+    cores: BTreeMap<BTreeMap<String, String>, Started>,
     overrides: Vec<String>,
 }
 
 impl Engines {
     /// The engine for these settings and the sha256 of its weights file, or why there is none.
-    fn get(&mut self, rec: &Recording) -> &Result<(Core, Option<String>), String> {
+    fn get(&mut self, rec: &Recording) -> &Started {
         let key = rec.manifest.settings.values.clone();
         let overrides = self.overrides.clone();
         self.cores
