@@ -3,7 +3,7 @@
 //! engine's path.
 //!
 //! - [`crate::Core::submit`] tees each admitted frame (bytes as received, header, arrival
-//!   time) and [`crate::Core::signal`] each accepted signal log to the [`Recorder`]; the
+//!   time) and [`crate::Core::signal`] each signal log to the [`Recorder`]; the
 //!   [`crate::EventRouter`] hands it each verdict (which closes the phrase's recording) and each
 //!   session's end; the phrase history hands it every referee's call it stores
 //!   ([`Recorder::set_human_call`]).
@@ -262,7 +262,8 @@ impl Recorder {
         }
     }
 
-    /// Records a signal log the engine accepted.
+    /// Records a phrase's signal log (handed over before the engine can answer it; for a
+    /// phrase, the first log that parses is the one kept, as the engine decides on it).
     pub fn signal(&self, signal: PhraseSignal) {
         self.command(Command::Signal(signal));
     }
