@@ -164,6 +164,9 @@ pub struct PipelineSettings {
     pub queue_depth: usize,
     /// How many frames the per-session reorder buffer holds before giving up on a gap.
     pub reorder_window: usize,
+    /// After a signal, how long (ms) without a new frame the engine waits for the phrase's
+    /// frames before deciding with what it has.
+    pub signal_wait_ms: u64,
 }
 
 /// The right-of-way decision.
@@ -540,6 +543,8 @@ pub const KEYS: &[KeyInfo] = &[
         default 8, 1..=4096),
     int_key!(pipeline.reorder_window: usize, "REFEREE_REORDER_WINDOW",
         default 32, 1..=100000),
+    int_key!(pipeline.signal_wait_ms: u64, "REFEREE_SIGNAL_WAIT_MS",
+        default 3000, 1..=600000),
     KeyInfo {
         key: "referee.model",
         env: "REFEREE_MODEL",
@@ -1032,6 +1037,7 @@ impl Settings {
             pipeline: PipelineSettings {
                 queue_depth: 0,
                 reorder_window: 0,
+                signal_wait_ms: 0,
             },
             referee: RefereeSettings::default(),
             nats: NatsSettings::default(),
@@ -1166,6 +1172,7 @@ mod tests {
             pipeline: PipelineSettings {
                 queue_depth: 1,
                 reorder_window: 1,
+                signal_wait_ms: 1,
             },
             nats: NatsSettings {
                 url: Some("nats://x:1".into()),

@@ -43,10 +43,14 @@ pub fn estimator() -> Box<dyn PoseEstimator> {
     )
 }
 
-/// Loopback settings with ephemeral ports and directories under `tmp`.
+/// Loopback settings with ephemeral ports and directories under `tmp`. The tests stream clips
+/// as fast as the daemon takes them, so a signal lands while most frames are still queued: on a
+/// loaded CI box pose can go quiet for longer than the default 3 s signal wait, so the tests
+/// wait up to 60 s of quiet (a test that means to hit the wait sets its own).
 pub fn settings(tmp: &Path) -> Settings {
     let mut s = Settings::default();
     for (k, v) in [
+        ("pipeline.signal_wait_ms", "60000".to_string()),
         ("server.host", "127.0.0.1".to_string()),
         ("server.port", "0".to_string()),
         ("server.http_port", "0".to_string()),

@@ -79,6 +79,7 @@ pub fn engine_config(s: &Settings) -> EngineConfig {
     EngineConfig {
         queue_depth: s.pipeline.queue_depth,
         reorder_window: s.pipeline.reorder_window,
+        signal_wait: Duration::from_millis(s.pipeline.signal_wait_ms),
         max_sessions: s.limits.max_streaming_sessions,
         max_memory_bytes: s.limits.max_streaming_memory_mb * 1024 * 1024,
         max_frames_per_session: s.limits.max_frames_per_session,
