@@ -6,6 +6,10 @@
 //! evidence to measure (frames stopping before the hit, a fencer unseen) are reported as such
 //! and count against coverage. `--cv` re-runs the trainer leaving one recording date out at a
 //! time (the trainer itself chooses its settings by leave-one-date-out inside each fold).
+//!
+//! A folder of phrase recordings (the daemon's tars; detected when it holds recordings and no
+//! phrase folder, or forced with `--recordings`) is scored instead on the verdicts the daemon
+//! decided live, against the referee's calls stored in them (see [`super::evaluate_recordings`]).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -20,8 +24,14 @@ use serde::Serialize;
 /// Arguments of `referee evaluate`.
 #[derive(clap::Args, Debug)]
 pub struct Args {
-    /// Folder of phrase folders (each with signal.txt, keypoints.xlsx, label.json).
+    /// Folder of phrase folders (each with signal.txt, keypoints.xlsx, label.json), or of
+    /// phrase recordings (the daemon's `recordings/` folder): those with a referee's call are
+    /// scored on the verdict the daemon decided live (our pose output), as stored in them.
     pub dir: PathBuf,
+    /// Read DIR as recordings (default: when it holds recordings and no phrase folder). Only
+    /// --json and --min-confidence apply to recordings.
+    #[arg(long)]
+    pub recordings: bool,
     /// Frame rate of the keypoints (default: inferred per phrase from the log's span and the
     /// row count, 15 or 30 fps).
     #[arg(long)]
@@ -228,22 +238,22 @@ pub fn examples(phrases: &[&Phrase], params: &Params) -> Vec<Example> {
         .collect()
 }
 
-/// One evaluated phrase.
+/// One evaluated phrase (a phrase folder, or a recording with a referee's call).
 #[derive(Serialize, Clone)]
-struct Row {
-    name: String,
-    date: String,
-    fps: f64,
-    fps_source: &'static str,
-    label: Winner,
-    predicted: Winner,
+pub(super) struct Row {
+    pub(super) name: String,
+    pub(super) date: String,
+    pub(super) fps: f64,
+    pub(super) fps_source: &'static str,
+    pub(super) label: Winner,
+    pub(super) predicted: Winner,
     /// Confidence of the side the model would give before its threshold.
-    confidence: f32,
+    pub(super) confidence: f32,
     /// The side before the threshold (for the coverage curve).
-    side: Winner,
-    insufficient: bool,
-    correct: bool,
-    reason: String,
+    pub(super) side: Winner,
+    pub(super) insufficient: bool,
+    pub(super) correct: bool,
+    pub(super) reason: String,
 }
 
 fn row_for(p: &Phrase, model: &Model) -> Row {
@@ -520,6 +530,126 @@ fn compare(rows: &[Row], other_rows: &[Row], other: String) -> Comparison {
     }
 }
 
+/// `confusion[label][predicted]` = count.
+fn confusion(rows: &[Row]) -> BTreeMap<String, BTreeMap<String, usize>> {
+    let mut out: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
+    for r in rows {
+        *out.entry(r.label.name().to_string())
+            .or_default()
+            .entry(r.predicted.name().to_string())
+            .or_default() += 1;
+    }
+    out
+}
+
+fn print_confusion(confusion: &BTreeMap<String, BTreeMap<String, usize>>) {
+    println!("\nconfusion (rows: human label, columns: verdict)");
+    println!("{:<8} {:>6} {:>6} {:>10}", "", "left", "right", "uncertain");
+    for (label, cols) in confusion {
+        let g = |k: &str| cols.get(k).copied().unwrap_or(0);
+        println!(
+            "{label:<8} {:>6} {:>6} {:>10}",
+            g("left"),
+            g("right"),
+            g("uncertain")
+        );
+    }
+}
+
+fn print_rows(rows: &[Row]) {
+    println!(
+        "{:<28} {:>7} {:>9} {:>9} {:>5} {:>4}  reason",
+        "phrase", "fps", "label", "verdict", "conf", "ok"
+    );
+    for r in rows {
+        println!(
+            "{:<28} {:>3}{:<4} {:>9} {:>9} {:>5.2} {:>4}  {}{}",
+            r.name,
+            r.fps,
+            match r.fps_source {
+                "inferred" => "",
+                "flag" => " (f)",
+                "recorded" => " (r)",
+                _ => " (n)",
+            },
+            r.label.name(),
+            r.predicted.name(),
+            r.confidence,
+            if r.correct { "yes" } else { "NO" },
+            if r.insufficient {
+                "[insufficient evidence] "
+            } else {
+                ""
+            },
+            r.reason
+        );
+    }
+}
+
+/// `referee evaluate` over recordings: the live verdicts against the stored calls.
+#[derive(Serialize)]
+struct RecordingsReport {
+    evaluated: &'static str,
+    #[serde(flatten)]
+    loaded: super::evaluate_recordings::Loaded,
+    #[serde(flatten)]
+    block: Block,
+    confusion: BTreeMap<String, BTreeMap<String, usize>>,
+}
+
+fn run_recordings(args: &Args) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        args.model.is_none()
+            && args.compare.is_none()
+            && !args.cv
+            && args.fps.is_none()
+            && args.speed_window_s.is_none(),
+        "recordings are scored on the verdicts the daemon decided live: --model, --compare, \
+         --cv, --fps and --speed-window-s apply to phrase folders only"
+    );
+    let mut loaded = super::evaluate_recordings::load(&args.dir)?;
+    if let Some(t) = args.min_confidence {
+        anyhow::ensure!(
+            (0.0..=1.0).contains(&t),
+            "--min-confidence must be within 0-1"
+        );
+        for r in &mut loaded.rows {
+            if r.confidence < t {
+                r.predicted = Winner::Uncertain;
+                r.correct = false;
+            }
+        }
+    }
+    let report = RecordingsReport {
+        evaluated: "the verdict each recording holds (decided live by the daemon)",
+        block: block(&loaded.rows),
+        confusion: confusion(&loaded.rows),
+        loaded,
+    };
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+        return Ok(());
+    }
+    print_rows(&report.loaded.rows);
+    println!("(fps (r): as recorded; verdicts: as decided live by the daemon)");
+    let l = &report.loaded;
+    for (name, why) in &l.skipped {
+        println!("skipped {name}: {why}");
+    }
+    println!(
+        "\n{} recordings: {} labelled, {} no-touch calls (not a side), {} unlabelled, {} skipped",
+        l.found,
+        l.rows.len(),
+        l.no_touch.len(),
+        l.unlabelled.len(),
+        l.skipped.len()
+    );
+    println!();
+    print_block(&report.block);
+    print_confusion(&report.confusion);
+    Ok(())
+}
+
 fn line(label: &str, s: &Stats) {
     println!(
         "{label:<12} n={:<4} accuracy {:.3} ({}/{}, 95% CI {:.3}-{:.3})  coverage {:.3}  \
@@ -563,6 +693,9 @@ fn print_block(b: &Block) {
 }
 
 pub fn run(args: Args) -> anyhow::Result<()> {
+    if args.recordings || super::evaluate_recordings::holds_recordings(&args.dir) {
+        return run_recordings(&args);
+    }
     let (mut model, model_name) = resolve_model(args.model.as_deref())?;
     if let Some(t) = args.min_confidence {
         anyhow::ensure!(
@@ -589,14 +722,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .collect();
     let phrases: Vec<&Phrase> = all.iter().filter(|p| p.duplicate_of.is_none()).collect();
     let rows: Vec<Row> = phrases.iter().map(|p| row_for(p, &model)).collect();
-    let mut confusion: BTreeMap<String, BTreeMap<String, usize>> = BTreeMap::new();
-    for r in &rows {
-        *confusion
-            .entry(r.label.name().to_string())
-            .or_default()
-            .entry(r.predicted.name().to_string())
-            .or_default() += 1;
-    }
+    let confusion = confusion(&rows);
     let compare = match &args.compare {
         None => None,
         Some(o) => {
@@ -627,32 +753,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&report)?);
         return Ok(());
     }
-    println!(
-        "{:<28} {:>7} {:>9} {:>9} {:>5} {:>4}  reason",
-        "phrase", "fps", "label", "verdict", "conf", "ok"
-    );
-    for r in &report.rows {
-        println!(
-            "{:<28} {:>3}{:<4} {:>9} {:>9} {:>5.2} {:>4}  {}{}",
-            r.name,
-            r.fps,
-            match r.fps_source {
-                "inferred" => "",
-                "flag" => " (f)",
-                _ => " (n)",
-            },
-            r.label.name(),
-            r.predicted.name(),
-            r.confidence,
-            if r.correct { "yes" } else { "NO" },
-            if r.insufficient {
-                "[insufficient evidence] "
-            } else {
-                ""
-            },
-            r.reason
-        );
-    }
+    print_rows(&report.rows);
     println!("(fps: inferred from the log's span and the row count; (n) none fits, nominal 15; (f) --fps)");
     println!("\nmodel: {}", report.model);
     for (d, k) in &report.duplicates {
@@ -660,17 +761,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     }
     println!();
     print_block(&report.block);
-    println!("\nconfusion (rows: human label, columns: verdict)");
-    println!("{:<8} {:>6} {:>6} {:>10}", "", "left", "right", "uncertain");
-    for (label, cols) in &report.confusion {
-        let g = |k: &str| cols.get(k).copied().unwrap_or(0);
-        println!(
-            "{label:<8} {:>6} {:>6} {:>10}",
-            g("left"),
-            g("right"),
-            g("uncertain")
-        );
-    }
+    print_confusion(&report.confusion);
     if let Some(cv) = &report.cv {
         println!("\nleave-one-date-out cross-validation (the trainer re-run without each date):");
         print_block(&cv.block);

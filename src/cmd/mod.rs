@@ -5,6 +5,7 @@ pub mod analyze_video;
 pub mod bench;
 pub mod demo;
 pub mod evaluate;
+pub mod evaluate_recordings;
 pub mod feed;
 pub mod model;
 pub mod pistes;
