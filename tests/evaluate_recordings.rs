@@ -8,7 +8,6 @@ use std::process::Command;
 use std::time::Duration;
 
 use referee_config::Settings;
-use referee_daemon::history::HumanCall;
 use referee_daemon::offline::{OfflineFrame, OfflineSession};
 use referee_daemon::record::{attach, settings_snapshot, Recorder, RecorderConfig};
 use referee_daemon::Core;
@@ -16,6 +15,7 @@ use referee_engine::EngineConfig;
 use referee_pose_api::testing::StandingFencers;
 use referee_pose_api::FrameEncoding;
 use referee_record::layout::phrase_path;
+use referee_record::CallWinner;
 use referee_record::{ModelId, Recording, Retention};
 use referee_transport::messages::SessionStart;
 
@@ -52,7 +52,7 @@ fn start(id: &str) -> SessionStart {
 }
 
 /// Records one phrase per `(session, call)` under `root` and stores each call from the page.
-async fn record(root: &Path, phrases: &[(&str, Option<HumanCall>)]) {
+async fn record(root: &Path, phrases: &[(&str, Option<CallWinner>)]) {
     let mut cfg = EngineConfig::default();
     cfg.rectify.target = (320, 192);
     cfg.signal_wait = Duration::from_secs(5);
@@ -105,10 +105,10 @@ async fn evaluate_scores_recordings_with_calls_and_counts_the_rest() {
     record(
         &root,
         &[
-            ("a-left", Some(HumanCall::Left)),
-            ("b-right", Some(HumanCall::Right)),
-            ("b-wrong", Some(HumanCall::Right)),
-            ("c-none", Some(HumanCall::NoTouch)),
+            ("a-left", Some(CallWinner::Left)),
+            ("b-right", Some(CallWinner::Right)),
+            ("b-wrong", Some(CallWinner::Right)),
+            ("c-none", Some(CallWinner::NoTouch)),
             ("d-open", None),
         ],
     )

@@ -34,11 +34,7 @@ pub(super) struct Loaded {
 /// The label a referee's call gives, as the phrase-folder harness reads `label.json`:
 /// left or right; `no_touch` is no label.
 pub fn label_of(call: CallWinner) -> Option<Winner> {
-    match call {
-        CallWinner::Left => Some(Winner::Left),
-        CallWinner::Right => Some(Winner::Right),
-        CallWinner::NoTouch => None,
-    }
+    call.side().map(Winner::from)
 }
 
 /// True when `dir` holds recordings and no phrase folder (`signal.txt`).

@@ -23,6 +23,7 @@ use std::thread::JoinHandle;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
+use referee_record::{CallOrigin, CallWinner};
 use referee_rules::signal::{CallSource, RefereeCall};
 use referee_rules::Side;
 use referee_transport::messages::{Evidence, VerdictReport, Winner};
@@ -48,52 +49,20 @@ pub enum HistoryError {
     Thread(#[source] std::io::Error),
 }
 
-/// What the referee decided for a phrase.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum HumanCall {
-    /// The left fencer scores.
-    Left,
-    /// The right fencer scores.
-    Right,
-    /// Nobody scores.
-    NoTouch,
-}
-
-impl HumanCall {
-    /// True when our verdict is this call (`uncertain` agrees with nothing: we did not decide).
-    pub fn agrees_with(self, ours: Winner) -> bool {
-        matches!(
-            (self, ours),
-            (HumanCall::Left, Winner::Left) | (HumanCall::Right, Winner::Right)
-        )
-    }
-}
-
-impl From<Side> for HumanCall {
-    fn from(s: Side) -> Self {
-        match s {
-            Side::Left => HumanCall::Left,
-            Side::Right => HumanCall::Right,
-        }
-    }
-}
-
-/// Where a stored call came from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum CallOrigin {
-    /// The scoring box's log (the tail after `Awaiting manual winner selection`).
-    Log,
-    /// The feed page, by a referee holding the feed token.
-    Page,
+/// True when our verdict is the referee's call (`uncertain` agrees with nothing: we did not
+/// decide; no touch agrees with nothing either, as we always give the touch to someone).
+pub fn agrees(call: CallWinner, ours: Winner) -> bool {
+    matches!(
+        (call.side(), ours),
+        (Some(Side::Left), Winner::Left) | (Some(Side::Right), Winner::Right)
+    )
 }
 
 /// A human call as stored with its phrase.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StoredCall {
     /// The call.
-    pub call: HumanCall,
+    pub call: CallWinner,
     /// Log or page.
     pub origin: CallOrigin,
     /// How the box recorded it (log calls only).
@@ -119,7 +88,7 @@ impl StoredCall {
     }
 
     /// A call made on the feed page.
-    pub fn from_page(call: HumanCall) -> Self {
+    pub fn from_page(call: CallWinner) -> Self {
         Self {
             call,
             origin: CallOrigin::Page,
@@ -181,7 +150,7 @@ impl PhraseEntry {
 
     /// Whether our verdict agrees with the call that counts (`None` without a call).
     pub fn agrees(&self) -> Option<bool> {
-        self.human_call().map(|c| c.call.agrees_with(self.winner))
+        self.human_call().map(|c| agrees(c.call, self.winner))
     }
 
     fn is(&self, session_id: &str, phrase: u32) -> bool {
@@ -372,7 +341,12 @@ impl History {
     }
 
     /// Stores a call made on the feed page; `None` when the phrase is not in the history.
-    pub fn page_call(&self, session_id: &str, phrase: u32, call: HumanCall) -> Option<PhraseEntry> {
+    pub fn page_call(
+        &self,
+        session_id: &str,
+        phrase: u32,
+        call: CallWinner,
+    ) -> Option<PhraseEntry> {
         let stored = StoredCall::from_page(call);
         let entry = {
             let mut inner = self.inner.lock();
@@ -619,7 +593,7 @@ mod tests {
         h.record_verdict(&verdict("s", "1", 2, Winner::Right), true);
         let e = h.get("s", 1).expect("entry");
         let c = e.human_call().expect("call attached");
-        assert_eq!((c.call, c.origin), (HumanCall::Right, CallOrigin::Log));
+        assert_eq!((c.call, c.origin), (CallWinner::Right, CallOrigin::Log));
         assert_eq!(c.stamp.as_deref(), Some("2025-10-20 20:59:27"));
         assert_eq!(h.get("s", 2).expect("entry").human_call(), None);
         // The same log sent again changes nothing.
@@ -641,21 +615,21 @@ mod tests {
         assert_eq!(r.pistes["1"].agreement, Some(1.0));
 
         // The referee corrects the record on the page: it now disagrees.
-        let e = h.page_call("a", 0, HumanCall::Left).expect("in history");
+        let e = h.page_call("a", 0, CallWinner::Left).expect("in history");
         assert_eq!(e.human_call().unwrap().origin, CallOrigin::Page);
         assert!(e.log_call.is_some(), "the log's call is kept beside it");
         assert_eq!(h.agreement().overall.agreement, Some(0.0));
 
         // Uncertain agrees with no call, and is not "sure".
-        h.page_call("b", 0, HumanCall::NoTouch).unwrap();
-        h.page_call("c", 0, HumanCall::Left).unwrap();
+        h.page_call("b", 0, CallWinner::NoTouch).unwrap();
+        h.page_call("c", 0, CallWinner::Left).unwrap();
         let r = h.agreement();
         assert_eq!((r.overall.calls, r.overall.agreeing), (3, 1));
         assert_eq!((r.overall.sure_calls, r.overall.sure_agreeing), (2, 1));
         assert_eq!(r.overall.agreement_when_sure, Some(0.5));
         assert_eq!(r.pistes["2"].calls, 2);
         assert_eq!(r.pistes["2"].agreement_when_sure, Some(1.0));
-        assert!(h.page_call("nope", 0, HumanCall::Left).is_none());
+        assert!(h.page_call("nope", 0, CallWinner::Left).is_none());
     }
 
     #[test]
@@ -666,7 +640,7 @@ mod tests {
             let h = History::open(&path, 10).unwrap();
             h.record_verdict(&verdict("s", "1", 0, Winner::Left), true);
             h.record_verdict(&verdict("s", "1", 1, Winner::Right), true);
-            h.page_call("s", 0, HumanCall::Left).unwrap();
+            h.page_call("s", 0, CallWinner::Left).unwrap();
             h.close();
         }
         // A torn last line, as after a crash mid-write, is skipped.
@@ -676,13 +650,13 @@ mod tests {
             .unwrap();
         f.write_all(b"{\"session_id\":\"s\",\"pi").unwrap();
         let h = History::open(&path, 10).unwrap();
-        let got: Vec<(u32, Option<HumanCall>)> = h
+        let got: Vec<(u32, Option<CallWinner>)> = h
             .recent(None, 10)
             .iter()
             .map(|e| (e.phrase, e.human_call().map(|c| c.call)))
             .collect();
         // Newest first, as before: the call added to phrase 0 does not move it.
-        assert_eq!(got, [(1, None), (0, Some(HumanCall::Left))]);
+        assert_eq!(got, [(1, None), (0, Some(CallWinner::Left))]);
         assert_eq!(h.agreement().overall.agreement, Some(1.0));
     }
 

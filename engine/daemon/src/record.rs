@@ -35,8 +35,8 @@ use referee_config::Settings;
 use referee_engine::{FrameMeta, PhraseSignal, Session, SessionSpec};
 use referee_record::layout::{frame_entry, phrase_path};
 use referee_record::{
-    CallOrigin, CallWinner, FrameRecord, HumanCall, Manifest, ModelId, PhraseWriter, RecordError,
-    Retention, SettingsSnapshot, FORMAT_VERSION, RECORDINGS_DIR,
+    FrameRecord, HumanCall, Manifest, ModelId, PhraseWriter, RecordError, Retention,
+    SettingsSnapshot, FORMAT_VERSION, RECORDINGS_DIR,
 };
 use tracing::{debug, info, warn};
 
@@ -144,17 +144,9 @@ pub fn attach(core: &crate::Core, recorder: Recorder) {
 
 /// A call the phrase history stored, as a recording keeps it.
 pub fn human_call(c: &crate::history::StoredCall) -> HumanCall {
-    use crate::history::{CallOrigin as Origin, HumanCall as Call};
     HumanCall {
-        winner: match c.call {
-            Call::Left => CallWinner::Left,
-            Call::Right => CallWinner::Right,
-            Call::NoTouch => CallWinner::NoTouch,
-        },
-        origin: match c.origin {
-            Origin::Log => CallOrigin::Log,
-            Origin::Page => CallOrigin::Page,
-        },
+        winner: c.call,
+        origin: c.origin,
         how: c
             .log_source
             .and_then(|src| serde_json::to_value(src).ok())

@@ -18,9 +18,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::history::{History, HumanCall, PhraseEntry, StoredCall};
+use crate::history::{History, PhraseEntry, StoredCall};
 use crate::http::HttpState;
 use crate::http_auth::FeedToken;
+use referee_record::CallWinner;
 
 /// Phrases `GET /phrases` returns when no `limit` is given.
 pub const DEFAULT_LIMIT: usize = 200;
@@ -182,7 +183,7 @@ async fn timeline(
 #[derive(Debug, Deserialize)]
 pub struct CallBody {
     /// `left`, `right` or `no_touch`.
-    pub call: HumanCall,
+    pub call: CallWinner,
 }
 
 async fn call(

@@ -261,7 +261,7 @@ async fn a_later_call_is_stored_in_the_recording_and_never_changes_the_verdict()
 
     // From the page: replaces the stored call; the verdict stays.
     core.history
-        .page_call("watch", 0, referee_daemon::history::HumanCall::NoTouch)
+        .page_call("watch", 0, CallWinner::NoTouch)
         .expect("phrase in the history");
     rec.flush();
     let paged = Recording::open(&path).expect("rewritten again");

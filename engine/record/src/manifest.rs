@@ -75,6 +75,26 @@ pub enum CallWinner {
     NoTouch,
 }
 
+impl CallWinner {
+    /// The fencer given the touch (`None` for no touch).
+    pub fn side(self) -> Option<referee_pose_api::Side> {
+        match self {
+            CallWinner::Left => Some(referee_pose_api::Side::Left),
+            CallWinner::Right => Some(referee_pose_api::Side::Right),
+            CallWinner::NoTouch => None,
+        }
+    }
+}
+
+impl From<referee_pose_api::Side> for CallWinner {
+    fn from(s: referee_pose_api::Side) -> Self {
+        match s {
+            referee_pose_api::Side::Left => CallWinner::Left,
+            referee_pose_api::Side::Right => CallWinner::Right,
+        }
+    }
+}
+
 /// Where a human call came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
