@@ -397,3 +397,70 @@ async fn disk_artifact_failures_show_on_status_and_degrade_healthz() {
         .exists());
     d.shutdown().await;
 }
+
+/// Issue 16, failure 8 (disk), for recordings: a phrase that cannot be recorded shows on /status
+/// and makes /healthz degraded until a later phrase is recorded whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disk_recording_failures_show_on_status_and_degrade_healthz() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let s = settings(tmp.path(), &[]);
+    let d = daemon(&s).await;
+    let a = d.http_addr;
+    // The session's recordings folder cannot be created: a file has its name.
+    let recordings = s.server.output_dir.join("recordings");
+    std::fs::create_dir_all(&recordings).expect("recordings dir");
+    std::fs::write(recordings.join("rblocked"), b"not a folder").expect("blocker");
+    phrase(&d, "rblocked").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let status = get_json(a, "/status", None).await;
+        if status["recording"]["errors"].as_u64() >= Some(1) {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no recording failure reported: {}",
+            status["recording"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let rec = &status["recording"];
+    assert_eq!(rec["degraded"], true, "{rec}");
+    assert!(
+        rec["last_problem"]
+            .as_str()
+            .unwrap_or("")
+            .contains("rblocked"),
+        "{rec}"
+    );
+    let health = get_json(a, "/healthz", None).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    assert!(
+        health["problems"].as_array().is_some_and(|p| p
+            .iter()
+            .any(|m| m.as_str().unwrap_or("").contains("recordings"))),
+        "{health}"
+    );
+
+    // The next phrase is recorded whole: healthy again, the failure still counted.
+    phrase(&d, "rfine").await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = get_json(a, "/status", None).await;
+        if status["recording"]["written"].as_u64() >= Some(1)
+            && status["artifacts"]["written"].as_u64() >= Some(2)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the second phrase was not recorded: {}",
+            status["recording"]
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let health = get_json(a, "/healthz", None).await;
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(recordings.join("rfine/phrase-000.tar").exists());
+    d.shutdown().await;
+}

@@ -132,6 +132,16 @@ pub fn health_problems(s: &HttpState) -> Vec<String> {
             a.last_error.as_deref().unwrap_or("unknown error")
         ));
     }
+    if let Some(r) = s.core.router.recorder().map(|r| r.health()) {
+        if r.degraded {
+            problems.push(format!(
+                "recordings: the last phrase's was not recorded whole ({} errors, {} incomplete so far): {}",
+                r.errors,
+                r.incomplete,
+                r.last_problem.as_deref().unwrap_or("unknown problem")
+            ));
+        }
+    }
     problems
 }
 
@@ -171,6 +181,8 @@ struct StatusDoc {
     http: crate::http_server::HttpCountersDoc,
     /// The artifacts writer: written, failed, refused, the last error and when.
     artifacts: referee_engine::artifacts::pool::ArtifactHealth,
+    /// The phrase recorder (absent when recording is off): written, incomplete, errors.
+    recording: Option<crate::record::RecordingHealth>,
     /// The recent phrases kept (`/phrases`).
     history: HistoryDoc,
     /// Our verdicts against the referee's calls, over the phrases in the history.
@@ -313,6 +325,7 @@ async fn status(_: FeedToken, State(s): State<HttpState>) -> Json<StatusDoc> {
         },
         http: s.connections.snapshot(),
         artifacts: e.artifacts(),
+        recording: s.core.router.recorder().map(|r| r.health()),
         history: HistoryDoc {
             phrases: s.core.history.len(),
             max_phrases: s.core.history.max_phrases(),

@@ -21,6 +21,9 @@
 //!   verdict in it never changes.
 //! - Retention (`recording.max_total_mb`, `recording.max_age_days`) runs after each
 //!   recording: oldest first, counted in `referee_recordings_deleted_total`.
+//! - [`Recorder::health`]: what was written, incomplete or failed, the last problem and when,
+//!   for `/status` and `/healthz` (degraded from a problem until a later phrase is recorded
+//!   whole).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -38,7 +41,68 @@ use referee_record::{
     FrameRecord, HumanCall, Manifest, ModelId, PhraseWriter, RecordError, Retention,
     SettingsSnapshot, FORMAT_VERSION, RECORDINGS_DIR,
 };
+use serde::Serialize;
 use tracing::{debug, info, warn};
+
+/// What the recorder has done, for `/status` and `/healthz`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct RecordingHealth {
+    /// Recordings finished (whole or marked incomplete).
+    pub written: u64,
+    /// Recordings finished but marked incomplete (frames lost or not written).
+    pub incomplete: u64,
+    /// Writes that failed (a recording, a frame, a call, frames carried to the next phrase).
+    pub errors: u64,
+    /// Frames the recorder's queue had no room for.
+    pub frames_lost: u64,
+    /// The last problem.
+    pub last_problem: Option<String>,
+    /// When it happened, milliseconds since the Unix epoch.
+    pub last_problem_at_ms: Option<u64>,
+    /// True from a problem until a later phrase is recorded whole.
+    pub degraded: bool,
+}
+
+/// The shared [`RecordingHealth`], with the metrics beside each count (one home for both).
+#[derive(Clone, Default)]
+struct Health(Arc<Mutex<RecordingHealth>>);
+
+impl Health {
+    fn problem(&self, h: &mut RecordingHealth, what: String) {
+        h.last_problem = Some(what);
+        h.last_problem_at_ms = Some(unix_us(SystemTime::now()) / 1000);
+        h.degraded = true;
+    }
+
+    /// A write failed: counted, logged by the caller.
+    fn error(&self, what: String) {
+        metrics::counter!("referee_recording_errors_total").increment(1);
+        let mut h = self.0.lock();
+        h.errors += 1;
+        self.problem(&mut h, what);
+    }
+
+    fn frame_lost(&self) {
+        metrics::counter!("referee_recording_frames_lost_total").increment(1);
+        self.0.lock().frames_lost += 1;
+    }
+
+    /// A recording was finished; `incomplete` says why it is not whole.
+    fn written(&self, bytes: u64, incomplete: Option<String>) {
+        metrics::counter!("referee_recordings_total").increment(1);
+        metrics::counter!("referee_recording_bytes_total").increment(bytes);
+        let mut h = self.0.lock();
+        h.written += 1;
+        match incomplete {
+            Some(why) => {
+                metrics::counter!("referee_recordings_incomplete_total").increment(1);
+                h.incomplete += 1;
+                self.problem(&mut h, format!("recording incomplete: {why}"));
+            }
+            None => h.degraded = false,
+        }
+    }
+}
 
 /// What the recorder needs to know besides the phrases.
 #[derive(Debug, Clone)]
@@ -190,6 +254,7 @@ pub struct Recorder {
     seq: Arc<AtomicU64>,
     thread: Arc<Mutex<Option<JoinHandle<()>>>>,
     root: PathBuf,
+    health: Health,
 }
 
 /// Why the recorder could not start.
@@ -208,7 +273,8 @@ impl Recorder {
         let (frames, frames_rx) = bounded(cfg.queue_frames.max(1));
         let (commands, commands_rx) = unbounded();
         let root = cfg.root.clone();
-        let mut worker = Worker::new(cfg);
+        let health = Health::default();
+        let mut worker = Worker::new(cfg, health.clone());
         let thread = std::thread::Builder::new()
             .name("referee-recorder".into())
             .spawn(move || worker.run(frames_rx, commands_rx))
@@ -220,7 +286,13 @@ impl Recorder {
             seq: Arc::new(AtomicU64::new(0)),
             thread: Arc::new(Mutex::new(Some(thread))),
             root,
+            health,
         })
+    }
+
+    /// What was written, incomplete or failed so far.
+    pub fn health(&self) -> RecordingHealth {
+        self.health.0.lock().clone()
     }
 
     /// Where the recordings go.
@@ -247,7 +319,7 @@ impl Recorder {
         match self.frames.try_send(msg) {
             Ok(()) => {}
             Err(TrySendError::Full(m)) => {
-                metrics::counter!("referee_recording_frames_lost_total").increment(1);
+                self.health.frame_lost();
                 self.command(Command::Lost(m.meta.session_id));
             }
             Err(TrySendError::Disconnected(_)) => {}
@@ -334,13 +406,15 @@ struct SessionRec {
 struct Worker {
     cfg: RecorderConfig,
     sessions: HashMap<String, SessionRec>,
+    health: Health,
 }
 
 impl Worker {
-    fn new(cfg: RecorderConfig) -> Self {
+    fn new(cfg: RecorderConfig, health: Health) -> Self {
         Self {
             cfg,
             sessions: HashMap::new(),
+            health,
         }
     }
 
@@ -409,9 +483,10 @@ impl Worker {
             file: frame_entry(m.meta.frame, m.meta.encoding),
         };
         if let Err(e) = add_frame(st, &root, rec, &m.bytes) {
-            metrics::counter!("referee_recording_errors_total").increment(1);
             warn!(session = %st.spec.id, error = %e, "recording: frame not written");
             st.lost.push(format!("frame {}: {e}", m.meta.frame));
+            self.health
+                .error(format!("{}: frame not written: {e}", m.meta.session_id));
         }
     }
 
@@ -489,8 +564,11 @@ impl Worker {
                 info!(path = %path.display(), "recording: referee's call stored");
             }
             Err(e) => {
-                metrics::counter!("referee_recording_errors_total").increment(1);
                 warn!(path = %path.display(), error = %e, "recording: referee's call not stored");
+                self.health.error(format!(
+                    "{}: referee's call not stored: {e}",
+                    path.display()
+                ));
             }
         }
     }
@@ -505,12 +583,12 @@ impl Worker {
             Some(w) => w,
             None => match PhraseWriter::create(&path) {
                 Ok(w) => w,
-                Err(e) => return failed(session_id, &e),
+                Err(e) => return failed(&self.health, session_id, &e),
             },
         };
         if let Err(e) = writer.rename_to(&path) {
             writer.discard();
-            return failed(session_id, &e);
+            return failed(&self.health, session_id, &e);
         }
         let signal = st.signals.remove(&phrase);
         st.signals.retain(|p, _| *p > phrase);
@@ -525,7 +603,12 @@ impl Worker {
             .as_ref()
             .and_then(|s| phrase_end_us(s, writer.frames()))
         {
-            Some(end_us) => carry_over(&mut writer, end_us, &phrase_path(&root, session_id, next)),
+            Some(end_us) => carry_over(
+                &mut writer,
+                end_us,
+                &phrase_path(&root, session_id, next),
+                &self.health,
+            ),
             None => None,
         };
         st.writer = carried;
@@ -565,15 +648,17 @@ impl Worker {
         let complete = manifest.complete;
         match writer.finish(&signal_file, &signal_bytes, &manifest) {
             Ok(bytes) => {
-                metrics::counter!("referee_recordings_total").increment(1);
-                metrics::counter!("referee_recording_bytes_total").increment(bytes);
                 if !complete {
-                    metrics::counter!("referee_recordings_incomplete_total").increment(1);
                     warn!(path = %path.display(), reason = ?manifest.incomplete_reason, "recording incomplete");
                 }
                 info!(path = %path.display(), bytes, frames = manifest.frames, "phrase recorded");
+                let why = (!complete).then(|| {
+                    let reason = manifest.incomplete_reason.as_deref().unwrap_or("unknown");
+                    format!("{}: {reason}", path.display())
+                });
+                self.health.written(bytes, why);
             }
-            Err(e) => failed(session_id, &e),
+            Err(e) => failed(&self.health, session_id, &e),
         }
         self.retention();
     }
@@ -601,9 +686,9 @@ impl Worker {
     }
 }
 
-fn failed(session_id: &str, e: &RecordError) {
-    metrics::counter!("referee_recording_errors_total").increment(1);
+fn failed(health: &Health, session_id: &str, e: &RecordError) {
     warn!(session = session_id, error = %e, "recording not written");
+    health.error(format!("{session_id}: recording not written: {e}"));
 }
 
 fn add_frame(
@@ -643,7 +728,12 @@ fn phrase_end_us(signal: &PhraseSignal, frames: &[FrameRecord]) -> Option<u64> {
 
 /// Starts the next phrase's recording at `next` with the frames captured at or after
 /// `end_us`; `None` when there are none (or they cannot be copied: logged, counted).
-fn carry_over(writer: &mut PhraseWriter, end_us: u64, next: &Path) -> Option<PhraseWriter> {
+fn carry_over(
+    writer: &mut PhraseWriter,
+    end_us: u64,
+    next: &Path,
+    health: &Health,
+) -> Option<PhraseWriter> {
     let after: Vec<FrameRecord> = writer
         .frames()
         .iter()
@@ -665,8 +755,8 @@ fn carry_over(writer: &mut PhraseWriter, end_us: u64, next: &Path) -> Option<Phr
     match copy() {
         Ok(w) => Some(w),
         Err(e) => {
-            metrics::counter!("referee_recording_errors_total").increment(1);
             warn!(error = %e, "recording: frames after the phrase end not carried over");
+            health.error(format!("frames after the phrase end not carried over: {e}"));
             None
         }
     }
