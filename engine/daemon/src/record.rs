@@ -793,6 +793,7 @@ mod tests {
             seq: Arc::new(AtomicU64::new(0)),
             thread: Arc::new(Mutex::new(None)),
             root: cfg.root.clone(),
+            health: Health::default(),
         };
         let (sink, _events) = crossbeam_channel::unbounded();
         let engine = Engine::start(EngineConfig::default(), Vec::new(), Arc::new(sink));
@@ -830,7 +831,7 @@ mod tests {
             phrase_start_us: None,
         });
         rec.verdict("s", 0, "{\"verdict\": {}}");
-        let mut worker = Worker::new(cfg);
+        let mut worker = Worker::new(cfg, rec.health.clone());
         let thread = std::thread::spawn(move || worker.run(frames_rx, commands_rx));
         *rec.thread.lock() = Some(thread);
         rec.flush();
@@ -841,6 +842,12 @@ mod tests {
         assert!(
             reason.contains("3 problem(s)") && reason.contains("queue full"),
             "{reason}"
+        );
+        let h = rec.health();
+        assert_eq!((h.written, h.incomplete, h.frames_lost), (1, 1, 3), "{h:?}");
+        assert!(
+            h.degraded,
+            "an incomplete recording degrades the health: {h:?}"
         );
         engine.shutdown();
     }
