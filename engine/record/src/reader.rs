@@ -67,6 +67,15 @@ pub struct Recording {
 
 /// Every entry of a tar as (name, bytes); an error when the tar is cut short or damaged.
 fn entries(path: &Path) -> Result<Vec<(String, Vec<u8>)>, ReadError> {
+    entries_named(path, |_| true)
+}
+
+/// The entries of a tar whose name `wanted` accepts, as (name, bytes); the others are passed
+/// over unread. An error when the file is a `.partial` one or the tar is cut short or damaged.
+fn entries_named(
+    path: &Path,
+    wanted: impl Fn(&[u8]) -> bool,
+) -> Result<Vec<(String, Vec<u8>)>, ReadError> {
     if layout::is_partial(path) {
         return Err(ReadError::incomplete(path, PARTIAL));
     }
@@ -81,6 +90,9 @@ fn entries(path: &Path) -> Result<Vec<(String, Vec<u8>)>, ReadError> {
     let mut out = Vec::new();
     for entry in archive.entries().map_err(damaged)? {
         let mut entry = entry.map_err(damaged)?;
+        if !wanted(&entry.path_bytes()) {
+            continue;
+        }
         let name = String::from_utf8_lossy(&entry.path_bytes()).into_owned();
         let mut bytes = Vec::with_capacity(entry.size() as usize);
         entry.read_to_end(&mut bytes).map_err(damaged)?;
@@ -104,27 +116,9 @@ fn parse_manifest(path: &Path, bytes: &[u8]) -> Result<Manifest, ReadError> {
 /// The manifest of a complete recording (without loading the frames into memory).
 pub fn read_manifest(path: &Path) -> Result<Manifest, ReadError> {
     // The manifest is the last entry; a recording without one is incomplete.
-    if layout::is_partial(path) {
-        return Err(ReadError::incomplete(path, PARTIAL));
-    }
-    let file = File::open(path).map_err(|source| ReadError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let damaged = |e: std::io::Error| {
-        ReadError::incomplete(path, format!("the tar is cut short or damaged: {e}"))
-    };
-    let mut archive = tar::Archive::new(file);
-    let mut manifest = None;
-    for entry in archive.entries().map_err(damaged)? {
-        let mut entry = entry.map_err(damaged)?;
-        if entry.path_bytes().as_ref() == MANIFEST.as_bytes() {
-            let mut bytes = Vec::new();
-            entry.read_to_end(&mut bytes).map_err(damaged)?;
-            manifest = Some(bytes);
-        }
-    }
-    let bytes = manifest.ok_or_else(|| ReadError::incomplete(path, "no manifest.json"))?;
+    let (_, bytes) = entries_named(path, |name| name == MANIFEST.as_bytes())?
+        .pop()
+        .ok_or_else(|| ReadError::incomplete(path, "no manifest.json"))?;
     parse_manifest(path, &bytes)
 }
 
