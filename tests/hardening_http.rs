@@ -12,13 +12,9 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use referee_capture::agent::{run_agent, AgentConfig, NoProgress, SignalInput};
-use referee_capture::pacing::Pacing;
-use referee_capture::source::synthetic::Synthetic;
 use referee_config::Settings;
 use referee_daemon::{Daemon, DaemonError};
 use referee_pose_api::testing::StandingFencers as StandIn;
-use referee_transport::Trust;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -82,27 +78,7 @@ async fn closed_after(mut s: TcpStream, within: Duration) -> Duration {
 
 /// One short phrase (12 synthetic frames) for `session`, as fast as possible.
 async fn phrase(d: &Daemon, session: &str) {
-    let mut cfg = AgentConfig::new(
-        d.quic_addr,
-        Trust::Fingerprint(d.fingerprint.clone()),
-        session,
-    );
-    cfg.piste = "p1".into();
-    cfg.pacing = Pacing::AsFastAsPossible;
-    cfg.verdict_timeout = Duration::from_secs(20);
-    let source = Box::new(Synthetic::new(160, 96, 15.0, Some(12)).expect("synthetic"));
-    let signal = SignalInput::Once {
-        filename: "signal.txt".into(),
-        bytes: LOG.as_bytes().to_vec(),
-    };
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        run_agent(cfg, source, Some(signal), NoProgress),
-    )
-    .await
-    .expect("agent timed out")
-    .expect("agent failed");
-    assert!(out.verdict.is_some(), "a verdict");
+    common::synthetic_phrase(d, "p1", session, LOG).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use referee_capture::agent::{run_agent, AgentConfig, NoProgress, SignalInput};
-use referee_capture::pacing::Pacing;
 use referee_capture::source::synthetic::Synthetic;
 use referee_config::Settings;
 use referee_daemon::Daemon;
@@ -52,27 +50,7 @@ async fn daemon(s: &Settings) -> Daemon {
 
 /// One short phrase (12 synthetic frames) on `piste` with `log`; returns its verdict.
 async fn phrase(d: &Daemon, piste: &str, session: &str, log: &str) -> VerdictReport {
-    let mut cfg = AgentConfig::new(
-        d.quic_addr,
-        Trust::Fingerprint(d.fingerprint.clone()),
-        session,
-    );
-    cfg.piste = piste.into();
-    cfg.pacing = Pacing::AsFastAsPossible;
-    cfg.verdict_timeout = Duration::from_secs(20);
-    let source = Box::new(Synthetic::new(160, 96, 15.0, Some(12)).expect("synthetic"));
-    let signal = SignalInput::Once {
-        filename: "signal.txt".into(),
-        bytes: log.as_bytes().to_vec(),
-    };
-    let out = tokio::time::timeout(
-        Duration::from_secs(30),
-        run_agent(cfg, source, Some(signal), NoProgress),
-    )
-    .await
-    .expect("agent timed out")
-    .expect("agent failed");
-    out.verdict.expect("a verdict")
+    common::synthetic_phrase(d, piste, session, log).await
 }
 
 /// GET with the feed token, as JSON.

@@ -116,3 +116,39 @@ pub async fn http_request(
         .unwrap_or(0);
     (code, buf[head_end..].to_vec())
 }
+
+/// One short phrase (12 synthetic 160x96 frames, sent as fast as the daemon takes them) for
+/// `session` on `piste`, closed by `log`; returns its verdict.
+pub async fn synthetic_phrase(
+    d: &Daemon,
+    piste: &str,
+    session: &str,
+    log: &str,
+) -> referee_transport::messages::VerdictReport {
+    use referee_capture::agent::{run_agent, AgentConfig, NoProgress, SignalInput};
+    use std::time::Duration;
+    let mut cfg = AgentConfig::new(
+        d.quic_addr,
+        referee_transport::Trust::Fingerprint(d.fingerprint.clone()),
+        session,
+    );
+    cfg.piste = piste.into();
+    cfg.pacing = referee_capture::pacing::Pacing::AsFastAsPossible;
+    cfg.verdict_timeout = Duration::from_secs(20);
+    let source = Box::new(
+        referee_capture::source::synthetic::Synthetic::new(160, 96, 15.0, Some(12))
+            .expect("synthetic"),
+    );
+    let signal = SignalInput::Once {
+        filename: "signal.txt".into(),
+        bytes: log.as_bytes().to_vec(),
+    };
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        run_agent(cfg, source, Some(signal), NoProgress),
+    )
+    .await
+    .expect("agent timed out")
+    .expect("agent failed");
+    out.verdict.expect("a verdict")
+}
