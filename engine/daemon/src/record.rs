@@ -406,6 +406,9 @@ struct SessionRec {
 struct Worker {
     cfg: RecorderConfig,
     sessions: HashMap<String, SessionRec>,
+    /// Signals of sessions none of whose frames has reached the recorder yet (the daemon may
+    /// still be waiting for pipeline room for them): taken over by the session's first frame.
+    early_signals: HashMap<String, BTreeMap<u32, PhraseSignal>>,
     health: Health,
 }
 
@@ -414,6 +417,7 @@ impl Worker {
         Self {
             cfg,
             sessions: HashMap::new(),
+            early_signals: HashMap::new(),
             health,
         }
     }
@@ -459,6 +463,7 @@ impl Worker {
     }
 
     fn state(&mut self, session: &Arc<Session>) -> &mut SessionRec {
+        let early = &mut self.early_signals;
         self.sessions
             .entry(session.id().to_string())
             .or_insert_with(|| SessionRec {
@@ -466,7 +471,7 @@ impl Worker {
                 writer: None,
                 next_phrase: 0,
                 lost: Vec::new(),
-                signals: BTreeMap::new(),
+                signals: early.remove(session.id()).unwrap_or_default(),
                 calls: HashMap::new(),
             })
     }
@@ -499,6 +504,7 @@ impl Worker {
                 detail_json,
             } => self.verdict(&session_id, phrase, &detail_json),
             Command::SessionEnded(id) => {
+                self.early_signals.remove(&id);
                 if let Some(st) = self.sessions.remove(&id) {
                     if let Some(w) = st.writer {
                         debug!(session = %id, frames = w.frames().len(), "recording: frames after the last verdict not kept");
@@ -522,23 +528,28 @@ impl Worker {
     }
 
     fn signal(&mut self, signal: PhraseSignal) {
-        let Some(st) = self.sessions.get_mut(&signal.session_id) else {
-            // No frame recorded yet: the phrase has no frames to replay; keep the log anyway.
-            debug!(session = %signal.session_id, "recording: signal before any frame");
-            return;
+        let signals = match self.sessions.get_mut(&signal.session_id) {
+            Some(st) if signal.phrase < st.next_phrase => {
+                return; // already recorded: a later log's call reaches us through the history.
+            }
+            Some(st) => &mut st.signals,
+            None => {
+                // No frame recorded yet (still waiting for pipeline room): kept for the first.
+                debug!(session = %signal.session_id, "recording: signal before any frame");
+                self.early_signals
+                    .entry(signal.session_id.clone())
+                    .or_default()
+            }
         };
-        if signal.phrase < st.next_phrase {
-            return; // already recorded: a later log's call reaches us through the history.
-        }
         let parses = |s: &PhraseSignal| {
             referee_rules::signal::parse_signal(&String::from_utf8_lossy(&s.bytes)).is_ok()
         };
         // The engine decides on the first log of a phrase that parses; later copies (watch mode
         // resends the log with the referee's call) do not change what is replayed.
-        match st.signals.get(&signal.phrase) {
+        match signals.get(&signal.phrase) {
             Some(old) if parses(old) => {}
             _ => {
-                st.signals.insert(signal.phrase, signal);
+                signals.insert(signal.phrase, signal);
             }
         }
     }
@@ -769,6 +780,70 @@ mod tests {
     use referee_pose_api::FrameEncoding;
 
     const SIGNAL: &str = " 0.000s | Phrase recording started\n 0.500s | HIT: Simultaneous valid hits!\n 0.600s | Phrase recording ended\nScores -> Fencer 1: HIT, Fencer 2: HIT\n";
+
+    /// Found in the final test run: under load the signal reached the recorder before the
+    /// session's first frame (frames wait for pipeline room, the log does not), was dropped,
+    /// and the recording was marked "signal log not recorded".
+    #[test]
+    fn a_signal_before_the_first_frame_is_kept_for_the_recording() {
+        let tmp = tempfile::tempdir().unwrap();
+        let rec = Recorder::start(RecorderConfig {
+            root: tmp.path().to_path_buf(),
+            queue_frames: 16,
+            retention: Retention {
+                max_bytes: None,
+                max_age: None,
+            },
+            model: ModelId::stand_in("stand-in"),
+            settings: SettingsSnapshot::default(),
+            engine_version: "test".into(),
+        })
+        .unwrap();
+        let (sink, _events) = crossbeam_channel::unbounded();
+        let engine = Engine::start(EngineConfig::default(), Vec::new(), Arc::new(sink));
+        let session = engine
+            .open_session(SessionSpec {
+                id: "s".into(),
+                piste: "1".into(),
+                camera: "c".into(),
+                fps: 30.0,
+                width: 64,
+                height: 48,
+                undistort: None,
+                resume: false,
+            })
+            .unwrap();
+        rec.signal(PhraseSignal {
+            session_id: "s".into(),
+            phrase: 0,
+            filename: "signal.txt".into(),
+            bytes: SIGNAL.as_bytes().to_vec(),
+            phrase_start_us: None,
+        });
+        for n in 0..3u64 {
+            let meta = FrameMeta {
+                session_id: "s".into(),
+                frame: n,
+                capture_ts_us: 1_000_000 + n * 33_333,
+                encoding: FrameEncoding::Jpeg,
+                len: 3,
+            };
+            rec.frame(
+                session.clone(),
+                meta,
+                vec![0xFF, 0xD8, n as u8],
+                SystemTime::now(),
+            );
+        }
+        rec.verdict("s", 0, "{\"verdict\": {}}");
+        rec.flush();
+        rec.shutdown();
+        let r = referee_record::Recording::open(&phrase_path(tmp.path(), "s", 0)).unwrap();
+        assert_eq!(r.incomplete_reason(), None);
+        assert_eq!(r.signal, SIGNAL.as_bytes());
+        assert_eq!(r.frames.len(), 3);
+        engine.shutdown();
+    }
 
     #[test]
     fn frames_the_queue_has_no_room_for_mark_the_recording_incomplete() {
