@@ -205,6 +205,10 @@ pub struct Core {
     /// The recent phrases with the referee's calls.
     pub history: Arc<History>,
     room: Arc<Notify>,
+    /// Frames waiting for room queue here in arrival order (tokio's mutex is fair): without
+    /// it every release woke all waiters, and a frame could lose the race to later frames
+    /// until the track stage gave up on it as late.
+    room_queue: Arc<tokio::sync::Mutex<()>>,
     stopped: Arc<AtomicBool>,
 }
 
@@ -234,6 +238,7 @@ impl Core {
             router,
             history,
             room,
+            room_queue: Arc::new(tokio::sync::Mutex::new(())),
             stopped,
         };
         core.spawn_janitor();
@@ -257,6 +262,8 @@ impl Core {
 
     /// Waits without blocking the runtime for room in the pipeline.
     pub async fn reserve(&self) -> Result<FramePermit, EngineError> {
+        // One waiter at a time looks for room, the others wait their turn in order.
+        let _turn = self.room_queue.lock().await;
         loop {
             let room = self.room.notified();
             tokio::pin!(room);
